@@ -1,0 +1,174 @@
+import type { Command } from 'commander';
+import { createSnapshot } from '../../snapshot/create.js';
+import { listSnapshots, removeSnapshot } from '../../snapshot/store.js';
+import { validateTag } from '../../snapshot/tag.js';
+import { stderrReporter } from '../../util/report.js';
+import { ago, bytes, ms, table } from '../../util/format.js';
+import { errorMessage } from '../../util/errors.js';
+import { fail, intArg, numArg, out, printJson } from '../output.js';
+
+interface SnapshotOpts {
+  tag: string;
+  recipe: string;
+  extra: string[];
+  kernel?: string;
+  initrd?: string;
+  rootfs?: string;
+  memSizeMib?: number;
+  vcpus?: number;
+  bootWaitSecs?: number;
+  bootTimeoutSecs?: number;
+  warmup?: string;
+  keepWorkdir?: boolean;
+  json?: boolean;
+}
+
+export function registerSnapshot(program: Command): void {
+  program
+    .command('snapshot')
+    .description('boot a parent, warm it up, pause it and save a snapshot under a tag')
+    .requiredOption('--tag <tag>', 'snapshot tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,63})')
+    .option('--recipe <name>', 'guest image recipe (built if needed)', 'python-numpy')
+    .option(
+      '--extra <pkg>',
+      'extra Debian package in the guest image (repeatable)',
+      (v: string, a: string[]) => [...a, v],
+      [] as string[],
+    )
+    .option(
+      '--kernel <path>',
+      "guest vmlinux instead of the recipe's (env FORKD_KERNEL)",
+      process.env.FORKD_KERNEL,
+    )
+    .option('--initrd <path>', "guest initramfs instead of the recipe's")
+    .option(
+      '--rootfs <path>',
+      "raw ext4 root filesystem instead of the recipe's (env FORKD_ROOTFS; must contain the forkd agent setup)",
+      process.env.FORKD_ROOTFS,
+    )
+    .option('--mem-size-mib <n>', 'guest RAM in MiB', intArg('--mem-size-mib'), 512)
+    .option('--vcpus <n>', 'guest vCPUs', intArg('--vcpus'), 1)
+    .option(
+      '--boot-wait-secs <s>',
+      'extra seconds to let the guest settle after it is warm',
+      numArg('--boot-wait-secs'),
+      0,
+    )
+    .option(
+      '--boot-timeout-secs <s>',
+      'give up if the guest is not warm by then (default 180 under TCG, 60 under KVM)',
+      intArg('--boot-timeout-secs'),
+    )
+    .option('--warmup <cmd>', 'shell command to run in the parent before the snapshot (must exit 0)')
+    .option('--keep-workdir', "keep the parent's work dir (console log, sockets)")
+    .option('--json', 'machine-readable output')
+    .action(async (o: SnapshotOpts) => {
+      try {
+        const r = await createSnapshot(
+          {
+            tag: o.tag,
+            recipe: o.recipe,
+            extras: o.extra,
+            ...(o.kernel ? { kernel: o.kernel } : {}),
+            ...(o.initrd ? { initrd: o.initrd } : {}),
+            ...(o.rootfs ? { rootfs: o.rootfs } : {}),
+            memMib: o.memSizeMib ?? 512,
+            vcpus: o.vcpus ?? 1,
+            bootWaitSecs: o.bootWaitSecs ?? 0,
+            ...(o.bootTimeoutSecs ? { bootTimeoutSecs: o.bootTimeoutSecs } : {}),
+            ...(o.warmup !== undefined ? { warmup: o.warmup } : {}),
+            keepWorkdir: Boolean(o.keepWorkdir),
+          },
+          stderrReporter(),
+        );
+        if (o.json)
+          return printJson({
+            tag: r.tag,
+            dir: r.dir,
+            ...(r.workDir ? { work_dir: r.workDir } : {}),
+            snapshot: r.meta,
+          });
+        const t = r.meta.timings;
+        const a = r.meta.accelerator;
+        out(`  memory     ${r.meta.machine.mem_mib} MiB (${bytes(r.meta.files.memory.allocated)} touched)`);
+        out(`  boot→warm  ${ms(t.warm_ms ?? 0)} [${a}]`);
+        out(`  pause      ${ms(t.pause_ms ?? 0)} (stop → device state saved) [${a}]`);
+        out(`  total      ${ms(t.total_ms ?? 0)} [${a}]`);
+        if (r.workDir) out(`  work dir   ${r.workDir}`);
+        out(`✓ tag '${r.tag}' ready at ${r.dir}. Try: forkd fork --tag ${r.tag} -n 10 --eval "1+1"`);
+      } catch (e) {
+        fail(e, Boolean(o.json));
+      }
+    });
+
+  program
+    .command('images')
+    .description('list local snapshots')
+    .option('--json', 'machine-readable output')
+    .action((o: { json?: boolean }) => {
+      const list = listSnapshots();
+      if (o.json)
+        return printJson(
+          list.map((l) => ({
+            tag: l.tag,
+            dir: l.dir,
+            disk_bytes: l.diskBytes,
+            ...(l.meta
+              ? {
+                  memory_mib: l.meta.machine.mem_mib,
+                  created_at: l.meta.created_at,
+                  chain_depth: l.meta.lineage.depth,
+                  parent_tag: l.meta.lineage.parent_tag,
+                  accelerator: l.meta.accelerator,
+                  recipe: l.meta.guest.recipe,
+                  qemu: l.meta.vmm.version,
+                }
+              : { error: l.error }),
+          })),
+        );
+      if (!list.length) return void process.stderr.write('no snapshots yet (forkd snapshot --tag NAME)\n');
+      out(
+        table(
+          ['TAG', 'SIZE', 'MEMORY', 'CREATED', 'CHAIN', 'ACCEL', 'RECIPE'],
+          list.map((l) =>
+            l.meta
+              ? [
+                  l.tag,
+                  bytes(l.diskBytes),
+                  bytes(l.meta.machine.mem_mib * 1048576),
+                  ago(new Date(l.meta.created_at)),
+                  String(l.meta.lineage.depth),
+                  l.meta.accelerator,
+                  l.meta.guest.recipe ?? '-',
+                ]
+              : [l.tag, bytes(l.diskBytes), '-', '-', '-', '-', `BROKEN: ${l.error}`],
+          ),
+        ),
+      );
+      const total = list.reduce((s, l) => s + l.diskBytes, 0);
+      out(`\n${list.length} snapshot${list.length === 1 ? '' : 's'} · ${bytes(total)} total`);
+    });
+
+  program
+    .command('rmi')
+    .description('remove snapshots')
+    .argument('<tags...>', 'snapshot tags')
+    .option('--json', 'machine-readable output')
+    .action((tags: string[], o: { json?: boolean }) => {
+      const results: Array<{ tag: string; ok: boolean; error?: string }> = [];
+      for (const tag of tags) {
+        try {
+          validateTag(tag);
+          removeSnapshot(tag);
+          results.push({ tag, ok: true });
+          if (!o.json) out(`✓ ${tag}`);
+        } catch (e) {
+          results.push({ tag, ok: false, error: errorMessage(e) });
+          if (!o.json) process.stderr.write(`✗ ${tag}: ${errorMessage(e)}\n`);
+        }
+      }
+      if (o.json) printJson(results);
+      if (results.some((r) => !r.ok))
+        process.exit(results.every((r) => r.error?.startsWith('no snapshot')) ? 3 : 1);
+    });
+}

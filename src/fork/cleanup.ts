@@ -1,0 +1,159 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { runDir, snapshotsDir } from '../util/paths.js';
+import { diskUsage } from '../util/fs.js';
+import { ownerAlive, readOwner, WORK_PREFIXES } from './workdir.js';
+
+export interface CleanupItem {
+  path: string;
+  kind: 'workdir' | 'staging' | 'deleting' | 'process';
+  action: 'DEL' | 'SKIP' | 'KILL';
+  reason: string;
+  bytes: number;
+  pids: number[];
+}
+
+/** Processes whose command line mentions `dir` (QEMU children name their sockets and disks there). */
+function processesUsing(dir: string): number[] {
+  const out: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8');
+      if (cmd.includes(dir + '/')) out.push(Number(e));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return out;
+}
+
+/** Leftover QEMU processes of forkd whose work dir is gone entirely (e.g. removed by hand). */
+function strayVmms(): Array<{ pid: number; dir: string }> {
+  const out: Array<{ pid: number; dir: string }> = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
+      const name = argv[argv.indexOf('-name') + 1];
+      if (!argv[0]?.includes('qemu') || !name?.startsWith('forkd-')) continue;
+      const qmp = argv.find((a) => a.startsWith('unix:') && a.includes('/qmp.sock'));
+      const sock = qmp?.slice(5).split(',')[0];
+      if (!sock) continue;
+      let dir = path.dirname(sock);
+      if (path.basename(dir).match(/^c\d+$/)) dir = path.dirname(dir);
+      if (!fs.existsSync(dir)) out.push({ pid: Number(e), dir });
+    } catch {
+      /* exited */
+    }
+  }
+  return out;
+}
+
+/**
+ * Find what crashed runs left behind: work dirs whose owning forkd process is gone (with any QEMU still
+ * running in them), staging dirs of snapshots that never completed, half-deleted snapshots. A dir whose
+ * owner still runs is never touched. With `apply`, kill and remove; otherwise only report.
+ */
+export async function cleanup(apply: boolean): Promise<CleanupItem[]> {
+  const items: CleanupItem[] = [];
+  const consider = (dir: string, kind: CleanupItem['kind'], requireOwner: boolean) => {
+    const owner = readOwner(dir);
+    const pids = processesUsing(dir);
+    const bytes = diskUsage(dir);
+    if (ownerAlive(owner)) {
+      items.push({
+        path: dir,
+        kind,
+        action: 'SKIP',
+        reason: `in use by forkd pid ${owner!.owner.pid}`,
+        bytes,
+        pids,
+      });
+    } else if (!owner && requireOwner && pids.length) {
+      items.push({
+        path: dir,
+        kind,
+        action: 'SKIP',
+        reason: `no owner record but used by pid ${pids.join(',')}`,
+        bytes,
+        pids,
+      });
+    } else {
+      const why = owner ? `owner pid ${owner.owner.pid} is gone` : 'no owner record';
+      items.push({
+        path: dir,
+        kind,
+        action: 'DEL',
+        reason: pids.length ? `${why}; ${pids.length} leftover process(es)` : why,
+        bytes,
+        pids,
+      });
+    }
+  };
+  let entries: string[] = [];
+  try {
+    entries = fs.readdirSync(runDir());
+  } catch {
+    /* no run dir */
+  }
+  for (const e of entries)
+    if (WORK_PREFIXES.some((p) => e.startsWith(p))) consider(path.join(runDir(), e), 'workdir', true);
+  try {
+    for (const e of fs.readdirSync(snapshotsDir())) {
+      if (e.startsWith('.staging-')) consider(path.join(snapshotsDir(), e), 'staging', true);
+      else if (e.startsWith('.deleting-'))
+        items.push({
+          path: path.join(snapshotsDir(), e),
+          kind: 'deleting',
+          action: 'DEL',
+          reason: 'interrupted rmi',
+          bytes: diskUsage(path.join(snapshotsDir(), e)),
+          pids: [],
+        });
+    }
+  } catch {
+    /* no snapshots yet */
+  }
+  for (const s of strayVmms())
+    items.push({
+      path: s.dir,
+      kind: 'process',
+      action: 'KILL',
+      reason: `QEMU pid ${s.pid} whose work dir is gone`,
+      bytes: 0,
+      pids: [s.pid],
+    });
+  if (apply) {
+    for (const it of items) {
+      if (it.action === 'SKIP') continue;
+      for (const pid of it.pids) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      if (it.pids.length) await waitGone(it.pids);
+      if (it.kind !== 'process') fs.rmSync(it.path, { recursive: true, force: true });
+    }
+  }
+  return items;
+}
+
+async function waitGone(pids: number[]): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (
+      pids.every((p) => {
+        try {
+          process.kill(p, 0);
+          return false;
+        } catch {
+          return true;
+        }
+      })
+    )
+      return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * forkd guest agent: runs as a child of PID 1 in every guest, serves the agent API (HTTP/2) over the
+ * virtio-serial port. Started at parent boot, so its state (and the warm Python interpreter it owns) is
+ * part of the snapshot and continues in every child.
+ */
+import fs from 'node:fs';
+import http2 from 'node:http2';
+import os from 'node:os';
+import { AGENT_API_VERSION } from '../../protocol/agent-api.js';
+import type {
+  EvalRequest,
+  ExecEvent,
+  ExecRequest,
+  Identity,
+  PingResponse,
+} from '../../protocol/agent-api.js';
+import { PortTransport, findPortDevice } from './port.js';
+import { runExec, validateExec } from './exec.js';
+import { PythonWorker } from './python.js';
+import { evalJs } from './jseval.js';
+import { applyIdentity, validateIdentity } from './identity.js';
+
+const PORT_NAME = 'org.forkd.agent';
+const MAX_BODY = 64 << 20;
+const started = Date.now();
+let sandboxId: string | null = null;
+
+function log(msg: string): void {
+  process.stderr.write(`forkd-agent: ${msg}\n`);
+}
+
+const python = new PythonWorker(log);
+
+type Stream = http2.ServerHttp2Stream;
+
+function sendJson(stream: Stream, status: number, body: unknown): void {
+  if (stream.destroyed || stream.closed) return;
+  try {
+    stream.respond({ ':status': status, 'content-type': 'application/json' });
+    stream.end(JSON.stringify(body));
+  } catch {
+    /* the session went away */
+  }
+}
+
+function readBody(stream: Stream): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new Error(`request body larger than ${MAX_BODY} bytes`));
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        return;
+      }
+      chunks.push(c);
+    });
+    stream.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      if (!text) return resolve({});
+      try {
+        resolve(JSON.parse(text));
+      } catch {
+        reject(new Error('request body is not valid JSON'));
+      }
+    });
+    stream.on('error', reject);
+  });
+}
+
+async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
+  const method = headers[':method'];
+  const path = String(headers[':path'] ?? '');
+  const route = `${method} ${path.split('?')[0]}`;
+  let body: Record<string, unknown> = {};
+  if (method === 'POST') {
+    try {
+      body = (await readBody(stream)) as Record<string, unknown>;
+    } catch (e) {
+      return sendJson(stream, 400, { error: (e as Error).message });
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      return sendJson(stream, 400, { error: 'request body must be a JSON object' });
+  }
+  switch (route) {
+    case 'GET /v1/ping': {
+      const res: PingResponse = {
+        ok: true,
+        agent_version: AGENT_API_VERSION,
+        pid: process.pid,
+        uptime_s: Math.round(os.uptime() * 100) / 100,
+        hostname: os.hostname(),
+        sandbox_id: sandboxId,
+        node_version: process.version,
+        python: python.info,
+        epoch: transport.currentEpoch,
+      };
+      return sendJson(stream, 200, res);
+    }
+    case 'POST /v1/identity': {
+      const err = validateIdentity(body as Partial<Identity>);
+      if (err) return sendJson(stream, 400, { error: err });
+      try {
+        const res = await applyIdentity(body as unknown as Identity, python);
+        sandboxId = (body as unknown as Identity).sandbox_id;
+        return sendJson(stream, 200, res);
+      } catch (e) {
+        return sendJson(stream, 500, { error: `identity: ${(e as Error).message}` });
+      }
+    }
+    case 'POST /v1/exec': {
+      const req = body as ExecRequest;
+      const err = validateExec(req);
+      if (err) return sendJson(stream, 400, { error: err });
+      const abort = new AbortController();
+      stream.on('close', () => abort.abort());
+      stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
+      const emit = (ev: ExecEvent) => {
+        if (!stream.destroyed && !stream.closed) stream.write(JSON.stringify(ev) + '\n');
+      };
+      await runExec(req, emit, abort.signal);
+      if (!stream.destroyed && !stream.closed) stream.end();
+      return;
+    }
+    case 'POST /v1/eval': {
+      const req = body as unknown as EvalRequest;
+      if (typeof req.code !== 'string') return sendJson(stream, 400, { error: '"code" must be a string' });
+      const lang = req.language ?? 'python';
+      const context = typeof req.context === 'string' && req.context ? req.context : 'default';
+      const timeout = typeof req.timeout_ms === 'number' && req.timeout_ms > 0 ? req.timeout_ms : 0;
+      if (lang === 'js') return sendJson(stream, 200, await evalJs(req.code, context, timeout));
+      if (lang !== 'python') return sendJson(stream, 400, { error: '"language" must be "python" or "js"' });
+      try {
+        const r = await python.request({ op: 'eval', code: req.code, context }, timeout);
+        delete r.id;
+        return sendJson(stream, 200, r);
+      } catch (e) {
+        return sendJson(stream, 503, { error: `python: ${(e as Error).message}` });
+      }
+    }
+    default:
+      return sendJson(stream, 404, { error: `no such route: ${route}` });
+  }
+}
+
+const server = http2.createServer({ maxSessionMemory: 64 });
+server.on('stream', (stream, headers) => {
+  stream.on('error', () => {});
+  handle(stream, headers).catch((e) => {
+    log(`handler error: ${(e as Error).stack}`);
+    sendJson(stream, 500, { error: (e as Error).message });
+  });
+});
+server.on('sessionError', () => {});
+let currentSession: http2.ServerHttp2Session | undefined;
+server.on('session', (s: http2.ServerHttp2Session) => {
+  currentSession = s;
+  s.on('error', () => {});
+});
+
+const dev = findPortDevice(PORT_NAME);
+if (!dev) {
+  log(`virtio-serial port ${PORT_NAME} not found; is virtio_console loaded?`);
+  process.exit(2);
+}
+const fd = fs.openSync(dev, 'r+');
+const transport = new PortTransport(fd);
+transport.on('warn', (m: string) => log(m));
+transport.on('session', (session, epoch: number) => {
+  // A new host connection: drop the old HTTP/2 session (streams, HPACK state, windows) entirely.
+  currentSession?.destroy();
+  currentSession = undefined;
+  server.emit('connection', session);
+  if (epoch <= 3 || epoch % 100 === 0) log(`host session ${epoch}`);
+});
+transport.start();
+python.start();
+log(`listening on ${dev}`);
+process.on('uncaughtException', (e) => log(`uncaught: ${e.stack}`));

@@ -1,0 +1,20 @@
+#!/bin/sh
+# forkd guest PID 1 setup (runs in the Debian root after switch_root): mounts, hostname, then the agent
+# under tini (which reaps orphans). The agent is restarted if it ever exits.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 UV_THREADPOOL_SIZE=8
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+[ -e /proc/sys/kernel/hostname ] && echo forkd-parent > /proc/sys/kernel/hostname
+echo forkd-parent > /etc/hostname
+ip link set lo up 2>/dev/null
+cd /root
+exec /usr/bin/tini -s -- /bin/sh -c '
+  while :; do
+    /usr/bin/node /opt/forkd/src/guest/agent/main.js
+    echo "forkd-agent exited ($?); restarting" > /dev/console
+    sleep 0.5
+  done'

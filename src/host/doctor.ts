@@ -1,0 +1,312 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import { spawn } from 'node:child_process';
+import { snapshotsDir, runDir } from '../util/paths.js';
+import { freeBytes } from '../util/fs.js';
+import { bytes } from '../util/format.js';
+import { commandExists } from '../util/proc.js';
+import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
+import { listImages } from '../image/build.js';
+import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
+import { probeAccel, readCachedProbe } from './accel.js';
+
+export type Status = 'PASS' | 'WARN' | 'FAIL' | 'SKIP';
+export interface Check {
+  name: string;
+  status: Status;
+  detail: string;
+  hint?: string;
+}
+
+const GiB = 1024 ** 3;
+
+function check(name: string, status: Status, detail: string, hint?: string): Check {
+  return hint ? { name, status, detail, hint } : { name, status, detail };
+}
+
+/** Every check of `forkd doctor`. Never changes the host; each non-PASS carries the fix. */
+export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]> {
+  const out: Check[] = [];
+  const arch = os.arch();
+  out.push(
+    os.platform() === 'linux' && arch === 'x64'
+      ? check('platform', 'PASS', `Linux ${os.release()} x86_64`)
+      : check('platform', 'FAIL', `${os.platform()} ${arch}`, 'forkd needs Linux on x86_64'),
+  );
+  out.push(
+    process.getuid?.() === 0
+      ? check('privileges', 'PASS', 'running as root')
+      : check(
+          'privileges',
+          'WARN',
+          `running as uid ${process.getuid?.()}`,
+          'building images, memory limits and network namespaces need root: sudo -E forkd ...',
+        ),
+  );
+
+  // KVM: present, accessible, and able to run a stock guest kernel.
+  const pvm = fs.existsSync('/sys/module/kvm_pvm');
+  if (!fs.existsSync('/dev/kvm')) {
+    out.push(
+      check(
+        'kvm',
+        'WARN',
+        '/dev/kvm is missing: guests will run under TCG (software emulation)',
+        'enable virtualisation (kvm_intel/kvm_amd) or run on bare metal',
+      ),
+    );
+  } else {
+    try {
+      fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
+      out.push(
+        check('kvm', 'PASS', `/dev/kvm accessible${pvm ? ' (kvm_pvm: PVM, nested paging-based VMs)' : ''}`),
+      );
+    } catch (e) {
+      out.push(
+        check(
+          'kvm',
+          'WARN',
+          `/dev/kvm not accessible: ${(e as Error).message}`,
+          'add yourself to group kvm: usermod -aG kvm $USER',
+        ),
+      );
+    }
+  }
+  const img = listImages()[0];
+  let probe = readCachedProbe();
+  if (!probe && img && opts.probe !== false && commandExists(qemuBinary()))
+    probe = await probeAccel({
+      vmlinux: img.kernel.vmlinux,
+      initramfs: img.initramfs.path,
+      kernelKey: img.kernel.version,
+    });
+  if (process.env.FORKD_ACCEL) {
+    out.push(
+      check(
+        'accelerator',
+        'WARN',
+        `forced to ${process.env.FORKD_ACCEL} by FORKD_ACCEL`,
+        'unset FORKD_ACCEL to probe',
+      ),
+    );
+  } else if (!probe) {
+    out.push(
+      check(
+        'accelerator',
+        'SKIP',
+        'not probed yet: needs a guest kernel',
+        'run: forkd parent build --recipe python-numpy',
+      ),
+    );
+  } else if (probe.accel === 'kvm') {
+    out.push(check('accelerator', 'PASS', `kvm — ${probe.reason}`));
+  } else {
+    out.push(
+      check(
+        'accelerator',
+        'WARN',
+        `tcg — ${probe.reason}`,
+        pvm
+          ? "this host's KVM is PVM: only a PVM guest kernel (CONFIG_PVM_GUEST) would run under it; forks work under TCG but are slower"
+          : 'enable hardware virtualisation for KVM speed; forks work under TCG but are slower',
+      ),
+    );
+  }
+
+  // QEMU and the tools forkd drives.
+  if (commandExists(qemuBinary())) {
+    const v = await new QemuVmm().version().catch(() => 'unknown');
+    const [maj = 0, min = 0] = v.split('.').map(Number);
+    out.push(
+      maj > 7 || (maj === 7 && min >= 2)
+        ? check('qemu', 'PASS', `${qemuBinary()} ${v}`)
+        : check(
+            'qemu',
+            'FAIL',
+            `${qemuBinary()} ${v} is older than 7.2`,
+            "install Debian bookworm's qemu-system-x86 (7.2) or newer",
+          ),
+    );
+  } else {
+    out.push(check('qemu', 'FAIL', `${qemuBinary()} not found`, 'run: forkd setup --yes'));
+  }
+  const missing = REQUIREMENTS.filter((r) => r.pkg !== 'qemu-system-x86' && !isProvided(r)).map((r) => r.pkg);
+  if (
+    isProvided(REQUIREMENTS.find((r) => r.pkg === 'busybox-static')!) &&
+    !(await busyboxIsStatic()) &&
+    !missing.includes('busybox-static')
+  )
+    missing.push('busybox-static');
+  out.push(
+    missing.length
+      ? check('host tools', 'FAIL', `missing: ${missing.join(', ')}`, 'run: forkd setup --yes')
+      : check(
+          'host tools',
+          'PASS',
+          REQUIREMENTS.filter((r) => r.pkg !== 'qemu-system-x86')
+            .map((r) => r.pkg)
+            .join(', '),
+        ),
+  );
+
+  out.push(
+    img
+      ? check(
+          'guest image',
+          'PASS',
+          listImages()
+            .map((i) => `${i.recipe} (kernel ${i.kernel.release}, rootfs ${i.rootfs.key.slice(0, 12)})`)
+            .join('; '),
+        )
+      : check(
+          'guest image',
+          'WARN',
+          'no guest image built yet',
+          'run: forkd parent build --recipe python-numpy',
+        ),
+  );
+
+  // Storage.
+  const snaps = snapshotsDir();
+  let count = 0;
+  try {
+    count = fs.readdirSync(snaps).filter((n) => !n.startsWith('.')).length;
+    out.push(check('snapshot dir', 'PASS', `${snaps} (${count} snapshot${count === 1 ? '' : 's'})`));
+  } catch {
+    out.push(check('snapshot dir', 'PASS', `${snaps} (created on first snapshot)`));
+  }
+  const free = freeBytes(snaps);
+  out.push(
+    free >= 5 * GiB
+      ? check('snapshot dir space', 'PASS', `${bytes(free)} free`)
+      : free >= GiB
+        ? check(
+            'snapshot dir space',
+            'WARN',
+            `${bytes(free)} free`,
+            'each snapshot needs its guest RAM size on disk; free space or move XDG_DATA_HOME',
+          )
+        : check(
+            'snapshot dir space',
+            'FAIL',
+            `${bytes(free)} free`,
+            'free at least 1 GiB, or set XDG_DATA_HOME to a larger disk',
+          ),
+  );
+  const runFree = freeBytes(runDir());
+  out.push(
+    runFree >= GiB
+      ? check('work dir space', 'PASS', `${runDir()}: ${bytes(runFree)} free`)
+      : check(
+          'work dir space',
+          'WARN',
+          `${runDir()}: ${bytes(runFree)} free`,
+          'child overlays live here; set FORKD_RUN_DIR to a larger filesystem',
+        ),
+  );
+
+  // Kernel features for later branch/live modes and limits.
+  const uffd = fs.existsSync('/proc/sys/vm/unprivileged_userfaultfd');
+  out.push(
+    uffd
+      ? check(
+          'userfaultfd',
+          'PASS',
+          `kernel has userfaultfd${fs.existsSync('/dev/userfaultfd') ? ' (+ /dev/userfaultfd)' : ''}; unprivileged=${fs.readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim()}`,
+        )
+      : check(
+          'userfaultfd',
+          'WARN',
+          'kernel built without userfaultfd',
+          'live branch (background snapshot) needs CONFIG_USERFAULTFD',
+        ),
+  );
+  out.push(await memfdCheck());
+  out.push(cgroupCheck());
+  const tun = fs.existsSync('/dev/net/tun');
+  const ip = commandExists('ip');
+  out.push(
+    tun && ip
+      ? check('netns/tun', 'PASS', '/dev/net/tun present, iproute2 installed')
+      : check(
+          'netns/tun',
+          'WARN',
+          `${tun ? '' : '/dev/net/tun missing '}${ip ? '' : 'ip (iproute2) missing'}`.trim(),
+          tun ? 'run: forkd setup --yes' : 'load the tun module: modprobe tun',
+        ),
+  );
+  const m = /MemAvailable:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  const avail = m ? Number(m[1]) * 1024 : 0;
+  out.push(
+    avail >= 2 * GiB
+      ? check('memory', 'PASS', `${bytes(avail)} available, ${os.cpus().length} CPUs`)
+      : check('memory', 'WARN', `${bytes(avail)} available`, 'each child needs ~20-80 MiB private memory'),
+  );
+  return out;
+}
+
+function cgroupCheck(): Check {
+  try {
+    const ctrls = fs.readFileSync('/sys/fs/cgroup/cgroup.controllers', 'utf8');
+    if (ctrls.split(/\s+/).includes('memory'))
+      return check('cgroup memory', 'PASS', 'cgroup v2 with the memory controller');
+  } catch {
+    /* not a v2 root */
+  }
+  if (fs.existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes'))
+    return check(
+      'cgroup memory',
+      'PASS',
+      'cgroup v1 memory controller at /sys/fs/cgroup/memory (used for per-sandbox limits)',
+    );
+  return check(
+    'cgroup memory',
+    'WARN',
+    'no cgroup memory controller (v2 or v1)',
+    'per-sandbox memory limits need the memory cgroup: boot with cgroup_enable=memory',
+  );
+}
+
+/** memfd: ask QEMU to create a memfd memory backend and quit. */
+function memfdCheck(): Promise<Check> {
+  if (!commandExists(qemuBinary()))
+    return Promise.resolve(check('memfd', 'SKIP', 'needs QEMU to probe', 'run: forkd setup --yes'));
+  return new Promise((resolve) => {
+    const p = spawn(
+      qemuBinary(),
+      [
+        '-machine',
+        'none',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-object',
+        'memory-backend-memfd,id=m,size=4M',
+        '-qmp',
+        'stdio',
+        '-S',
+      ],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let err = '';
+    p.stderr.on('data', (d) => (err += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), 5000);
+    p.on('error', (e) => resolve(check('memfd', 'WARN', e.message)));
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve(
+        code === 0
+          ? check('memfd', 'PASS', 'memfd_create works (QEMU memory-backend-memfd)')
+          : check(
+              'memfd',
+              'WARN',
+              `memfd backend failed: ${err.trim() || `exit ${code}`}`,
+              'kernel needs CONFIG_MEMFD_CREATE',
+            ),
+      );
+    });
+    p.stdin.end('{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n');
+  });
+}

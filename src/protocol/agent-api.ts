@@ -1,0 +1,97 @@
+/**
+ * Request/response shapes of the guest agent's HTTP/2 API (shared by host client and guest server).
+ * Routes:
+ *   GET  /v1/ping                -> PingResponse
+ *   POST /v1/identity  Identity  -> IdentityResult   (after every restore: who the child is now)
+ *   POST /v1/exec      ExecRequest -> NDJSON stream of ExecEvent lines
+ *   POST /v1/eval      EvalRequest -> EvalResult
+ */
+export const AGENT_API_VERSION = 1;
+
+export interface PingResponse {
+  ok: true;
+  agent_version: number;
+  pid: number;
+  uptime_s: number;
+  hostname: string;
+  sandbox_id: string | null;
+  node_version: string;
+  python: { ready: boolean; version?: string; numpy?: string | null; error?: string };
+  /** Resync epochs seen: how many host connections this agent has served. */
+  epoch: number;
+}
+
+export interface Identity {
+  sandbox_id: string;
+  hostname: string;
+  /** Host wall clock at send time, nanoseconds since the epoch, as a decimal string. */
+  time_unix_ns: string;
+  /** 64 bytes of host entropy (hex) mixed into the guest kernel RNG and used to reseed user-space RNGs. */
+  seed_hex: string;
+}
+
+export interface IdentityResult {
+  hostname: string;
+  clock_set: boolean;
+  /** Guest clock minus host clock after setting it, ms (tells how stale the restored clock was before). */
+  clock_skew_before_ms: number;
+  kernel_rng_reseeded: boolean;
+  python_reseeded: boolean;
+  took_ms: number;
+}
+
+export interface ExecRequest {
+  /** Program and arguments (no shell), or `cmd` for a /bin/sh -c string. Exactly one of the two. */
+  argv?: string[];
+  cmd?: string;
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Kill the whole process group after this many ms. 0 or absent = no limit. */
+  timeout_ms?: number;
+  stdin?: string;
+}
+
+export type ExecEvent =
+  | { type: 'start'; pid: number }
+  | { type: 'stdout' | 'stderr'; data: string }
+  | {
+      type: 'exit';
+      exit_code: number | null;
+      signal: string | null;
+      timed_out: boolean;
+      duration_ms: number;
+    }
+  | { type: 'error'; error: string };
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  exit_code: number | null;
+  signal: string | null;
+  timed_out: boolean;
+  duration_ms: number;
+}
+
+export interface EvalRequest {
+  code: string;
+  language?: 'python' | 'js';
+  /** Named persistent namespace; variables survive between evals in the same context. */
+  context?: string;
+  timeout_ms?: number;
+}
+
+export interface EvalResult {
+  ok: boolean;
+  /** repr() / util.inspect() of the value of the last expression, or null. */
+  result: string | null;
+  /** The value as JSON when it is JSON-serialisable. */
+  result_json?: unknown;
+  stdout: string;
+  stderr: string;
+  error?: { type: string; message: string; traceback: string };
+  duration_ms: number;
+}
+
+export interface AgentErrorBody {
+  error: string;
+}

@@ -1,0 +1,310 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { snapshotsDir } from '../util/paths.js';
+import { ForkdError } from '../util/errors.js';
+import { freeBytes, linkOrCopy } from '../util/fs.js';
+import { sha256File } from '../util/hash.js';
+import { runOk, sleep } from '../util/proc.js';
+import { forkdVersion } from '../util/project.js';
+import { onInterrupt } from '../util/teardown.js';
+import { ms as fmtMs } from '../util/format.js';
+import type { Reporter } from '../util/report.js';
+import { buildImage, type GuestImage } from '../image/build.js';
+import { probeAccel, type AccelProbe } from '../host/accel.js';
+import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
+import type { MachineConfig } from '../vmm/types.js';
+import { AgentClient } from '../agent-client/client.js';
+import type { PingResponse } from '../protocol/agent-api.js';
+import { createWorkDir, writeOwner } from '../fork/workdir.js';
+import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
+import { validateTag } from './tag.js';
+import { snapshotDir, snapshotExists } from './store.js';
+
+export interface CreateSnapshotOptions {
+  tag: string;
+  recipe?: string;
+  extras?: string[];
+  /** Explicit guest parts instead of a recipe's image. */
+  kernel?: string;
+  initrd?: string;
+  rootfs?: string;
+  memMib?: number;
+  vcpus?: number;
+  /** Extra seconds to let the guest settle after the agent (and Python) reported ready. */
+  bootWaitSecs?: number;
+  bootTimeoutSecs?: number;
+  /** Shell command run in the parent before the snapshot (warm-up); must exit 0. */
+  warmup?: string;
+  warmupTimeoutSecs?: number;
+  keepWorkdir?: boolean;
+}
+
+export interface CreateSnapshotResult {
+  tag: string;
+  dir: string;
+  meta: SnapshotMeta;
+  accel: AccelProbe;
+  workDir?: string;
+}
+
+export const GUEST_CMDLINE = 'console=ttyS0 quiet panic=-1 init_on_alloc=0 mitigations=off tsc=reliable';
+
+function checkRange(name: string, v: number, lo: number, hi: number, flag: string): number {
+  if (!Number.isInteger(v) || v < lo || v > hi)
+    throw new ForkdError(
+      'bad_input',
+      `${name} must be an integer from ${lo} to ${hi} (got ${v})`,
+      `pass ${flag} within that range`,
+    );
+  return v;
+}
+
+function requireFile(p: string, what: string, flag: string): string {
+  const abs = path.resolve(p);
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isFile())
+    throw new ForkdError('not_found', `${what} ${abs} does not exist`, `check the path given to ${flag}`);
+  return abs;
+}
+
+/**
+ * Boot a parent, wait until the agent and the warm Python interpreter are ready, optionally run a
+ * warm-up, pause it and save device state; RAM stays in memory.bin (mapped shared by the parent).
+ * Written to a staging dir and renamed into place only when complete, so a tag is never half-made.
+ */
+export async function createSnapshot(
+  opts: CreateSnapshotOptions,
+  rep: Reporter,
+): Promise<CreateSnapshotResult> {
+  const tag = validateTag(opts.tag);
+  if (snapshotExists(tag) || fs.existsSync(snapshotDir(tag)))
+    throw new ForkdError(
+      'exists',
+      `snapshot '${tag}' already exists`,
+      `pick another tag, or remove it first: forkd rmi ${tag}`,
+    );
+  const memMib = checkRange('--mem-size-mib', opts.memMib ?? 512, 128, 65536, '--mem-size-mib');
+  const vcpus = checkRange('--vcpus', opts.vcpus ?? 1, 1, 64, '--vcpus');
+  const bootWait = opts.bootWaitSecs ?? 0;
+  if (!(bootWait >= 0 && bootWait <= 3600))
+    throw new ForkdError(
+      'bad_input',
+      `--boot-wait-secs must be 0..3600 (got ${bootWait})`,
+      'pass a number of seconds',
+    );
+  if (opts.warmup !== undefined && !opts.warmup.trim())
+    throw new ForkdError(
+      'bad_input',
+      '--warmup must not be empty',
+      'pass a shell command, e.g. --warmup "python3 -c 1"',
+    );
+
+  // Guest parts: explicit files win over the recipe's image.
+  let image: GuestImage | undefined;
+  if (!opts.kernel || !opts.initrd || !opts.rootfs)
+    image = await buildImage({ recipe: opts.recipe ?? 'python-numpy', extras: opts.extras ?? [] }, rep);
+  const kernel = opts.kernel ? requireFile(opts.kernel, 'kernel', '--kernel') : image!.kernel.vmlinux;
+  const initrd = opts.initrd ? requireFile(opts.initrd, 'initramfs', '--initrd') : image!.initramfs.path;
+  const rootfs = opts.rootfs ? requireFile(opts.rootfs, 'root filesystem', '--rootfs') : image!.rootfs.path;
+
+  const accel = await probeAccel({
+    vmlinux: kernel,
+    initramfs: initrd,
+    kernelKey: image?.kernel.version ?? kernel,
+  });
+  rep.info(`accelerator: ${accel.accel} (${accel.reason})`);
+
+  const need = memMib * 1048576 + 256 * 1048576;
+  const free = freeBytes(snapshotsDir());
+  if (free < need)
+    throw new ForkdError(
+      'out_of_space',
+      `not enough free disk for snapshot '${tag}': need ~${Math.ceil(need / 1048576)} MiB, ${Math.floor(free / 1048576)} MiB free in ${snapshotsDir()}`,
+      'free some space (forkd images, forkd rmi TAG) or set XDG_DATA_HOME to a larger disk',
+    );
+
+  const machine: MachineConfig = { accel: accel.accel, vcpus, memMib, net: 'none' };
+  const vmm = new QemuVmm();
+  const qemuVersion = await vmm.version();
+  fs.mkdirSync(snapshotsDir(), { recursive: true });
+  const staging = fs.mkdtempSync(path.join(snapshotsDir(), `.staging-${tag}-`));
+  writeOwner(staging, 'parent', tag);
+  const workDir = createWorkDir('parent', tag);
+  let vm: QemuVm | undefined;
+  let agent: AgentClient | undefined;
+  const teardown = async () => {
+    agent?.close();
+    await vm?.destroy();
+    fs.rmSync(staging, { recursive: true, force: true });
+    if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
+  };
+  const unregister = onInterrupt(teardown);
+  const t0 = performance.now();
+  const timings: Record<string, number> = {};
+  try {
+    linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
+    // Relative backing file: resolved against the overlay's own directory, so it survives the rename.
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.ext4', '-F', 'raw', 'disk.qcow2'], {
+      cwd: staging,
+    });
+    rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
+    vm = await vmm.boot({
+      machine,
+      workDir,
+      kernel,
+      initrd,
+      cmdline: GUEST_CMDLINE,
+      memoryFile: path.join(staging, 'memory.bin'),
+      disk: path.join(staging, 'disk.qcow2'),
+    });
+    const bootTimeout = (opts.bootTimeoutSecs ?? (accel.accel === 'tcg' ? 180 : 60)) * 1000;
+    agent = await connectWhileAlive(vm, bootTimeout);
+    timings.agent_ready_ms = performance.now() - t0;
+    rep.info(`agent answered after ${fmtMs(timings.agent_ready_ms)} [${accel.accel}]`);
+    const ping = await waitPythonReady(agent, vm, bootTimeout);
+    timings.warm_ms = performance.now() - t0;
+    rep.info(
+      `warm: python ${ping.python.version ?? '-'}${ping.python.numpy ? ` + numpy ${ping.python.numpy}` : ''}, node ${ping.node_version} after ${fmtMs(timings.warm_ms)} [${accel.accel}]`,
+    );
+    if (opts.warmup) {
+      rep.info(`warm-up: ${opts.warmup}`);
+      const r = await agent.exec({ cmd: opts.warmup, timeout_ms: (opts.warmupTimeoutSecs ?? 600) * 1000 });
+      timings.warmup_ms = r.duration_ms;
+      if (r.exit_code !== 0)
+        throw new ForkdError(
+          'bad_input',
+          `warm-up command failed (exit ${r.exit_code ?? r.signal}${r.timed_out ? ', timed out' : ''}):\n${(r.stderr || r.stdout).trim().slice(-2000)}`,
+          'fix the --warmup command; it runs in the parent with /bin/sh -c',
+        );
+    }
+    if (bootWait > 0) await sleep(bootWait * 1000);
+    agent.close();
+    agent = undefined;
+    const snap = await vmm.snapshot(vm, path.join(staging, 'vmstate'));
+    timings.pause_ms = snap.pauseMs;
+    rep.info(
+      `paused and saved device state in ${fmtMs(snap.pauseMs)} (vmstate ${(snap.vmstateBytes / 1024).toFixed(0)} KiB) [${accel.accel}]`,
+    );
+    // The parent must never run again on this memory file: children map it MAP_PRIVATE.
+    await vm.destroy();
+    vm = undefined;
+
+    rep.step('hashing snapshot files');
+    const th = performance.now();
+    const files = {
+      vmstate: await fileEntry(staging, 'vmstate'),
+      memory: {
+        ...(await fileEntry(staging, 'memory.bin', rep)),
+        allocated: fs.statSync(path.join(staging, 'memory.bin')).blocks * 512,
+      },
+      disk: { ...(await fileEntry(staging, 'disk.qcow2')), backing: 'base.ext4' },
+      base:
+        image && !opts.rootfs
+          ? fileEntryKnown(staging, 'base.ext4', image.rootfs.sha256)
+          : await fileEntry(staging, 'base.ext4', rep),
+    };
+    timings.hash_ms = performance.now() - th;
+    timings.total_ms = performance.now() - t0;
+    const meta: SnapshotMeta = {
+      format: SNAPSHOT_FORMAT,
+      version: SNAPSHOT_VERSION,
+      tag,
+      created_at: new Date().toISOString(),
+      forkd_version: forkdVersion(),
+      vmm: { kind: 'qemu', version: qemuVersion },
+      accelerator: accel.accel,
+      accelerator_reason: accel.reason,
+      machine: { accel: accel.accel, vcpus, mem_mib: memMib, net: 'none' },
+      guest: {
+        recipe: image && !opts.rootfs ? image.recipe : null,
+        image_key: image?.key ?? null,
+        kernel_release: image?.kernel.release ?? path.basename(kernel),
+        python: ping.python.version ?? null,
+        numpy: ping.python.numpy ?? null,
+        node: ping.node_version,
+        warmup: opts.warmup ?? null,
+      },
+      files,
+      lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },
+      timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
+    };
+    fs.writeFileSync(path.join(staging, 'snapshot.json'), JSON.stringify(meta, null, 2) + '\n');
+    try {
+      fs.renameSync(staging, snapshotDir(tag));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOTEMPTY' || code === 'EEXIST')
+        throw new ForkdError(
+          'exists',
+          `snapshot '${tag}' was created by someone else meanwhile`,
+          `pick another tag or forkd rmi ${tag}`,
+        );
+      throw e;
+    }
+    if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
+    unregister();
+    return { tag, dir: snapshotDir(tag), meta, accel, ...(opts.keepWorkdir ? { workDir } : {}) };
+  } catch (e) {
+    const consoleTail = vm ? tail(vm.consoleLog) : tail(path.join(workDir, 'console.log'));
+    await teardown();
+    unregister();
+    if (
+      e instanceof ForkdError &&
+      e.code !== 'agent_failed' &&
+      e.code !== 'timeout' &&
+      e.code !== 'vmm_failed'
+    )
+      throw e;
+    throw new ForkdError(
+      e instanceof ForkdError ? e.code : 'vmm_failed',
+      `parent for '${tag}' failed: ${(e as Error).message}${consoleTail ? `\n--- guest console (last lines) ---\n${consoleTail}` : ''}`,
+      opts.rootfs
+        ? 'a custom --rootfs must contain the forkd agent; use --recipe instead'
+        : `re-run with --keep-workdir and read ${workDir}/console.log`,
+    );
+  }
+}
+
+async function connectWhileAlive(vm: QemuVm, timeoutMs: number): Promise<AgentClient> {
+  const died = vm.exited.then(() => {
+    throw new ForkdError(
+      'vmm_failed',
+      `QEMU exited while the guest was booting${vm.qemuLog() ? `: ${vm.qemuLog()}` : ''}`,
+    );
+  });
+  return Promise.race([AgentClient.connect(vm.agentSocket, { timeoutMs }), died]);
+}
+
+async function waitPythonReady(agent: AgentClient, vm: QemuVm, timeoutMs: number): Promise<PingResponse> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (!vm.isAlive()) throw new ForkdError('vmm_failed', 'QEMU exited while the guest was warming up');
+    const p = await agent.ping();
+    if (p.python.ready) return p;
+    if (p.python.error && !p.python.error.includes('restarting')) return p; // no python in this guest
+    if (Date.now() > deadline)
+      throw new ForkdError('timeout', 'the warm Python interpreter did not become ready');
+    await sleep(50);
+  }
+}
+
+async function fileEntry(dir: string, name: string, rep?: Reporter): Promise<SnapshotFile> {
+  const p = path.join(dir, name);
+  const st = fs.statSync(p);
+  const sha256 = await sha256File(p, rep ? (done) => rep.progress(name, done, st.size) : undefined);
+  fs.chmodSync(p, 0o444);
+  return { path: name, size: st.size, sha256, mtime_ms: Math.trunc(fs.statSync(p).mtimeMs) };
+}
+
+function fileEntryKnown(dir: string, name: string, sha256: string): SnapshotFile {
+  const p = path.join(dir, name);
+  const st = fs.statSync(p);
+  return { path: name, size: st.size, sha256, mtime_ms: Math.trunc(st.mtimeMs) };
+}
+
+function tail(file: string, lines = 25): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,62 @@
+import { z } from 'zod';
+
+/** snapshot.json: the on-disk description of one snapshot. Versioned; unknown versions are refused. */
+export const SNAPSHOT_FORMAT = 'forkd-snapshot';
+export const SNAPSHOT_VERSION = 1;
+
+const FileEntry = z.object({
+  path: z.string(),
+  size: z.number().int().nonnegative(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** mtime at save time (ms, integer): a cheap "has anyone written this since" check before every fork */
+  mtime_ms: z.number(),
+});
+
+export const SnapshotMeta = z.object({
+  format: z.literal(SNAPSHOT_FORMAT),
+  version: z.literal(SNAPSHOT_VERSION),
+  tag: z.string(),
+  created_at: z.string(),
+  forkd_version: z.string(),
+  vmm: z.object({ kind: z.literal('qemu'), version: z.string() }),
+  accelerator: z.enum(['kvm', 'tcg']),
+  accelerator_reason: z.string(),
+  machine: z.object({
+    accel: z.enum(['kvm', 'tcg']),
+    vcpus: z.number().int().positive(),
+    mem_mib: z.number().int().positive(),
+    net: z.literal('none'),
+  }),
+  guest: z.object({
+    recipe: z.string().nullable(),
+    image_key: z.string().nullable(),
+    kernel_release: z.string(),
+    python: z.string().nullable(),
+    numpy: z.string().nullable(),
+    node: z.string().nullable(),
+    warmup: z.string().nullable(),
+  }),
+  files: z.object({
+    vmstate: FileEntry,
+    memory: FileEntry.extend({ allocated: z.number().int().nonnegative() }),
+    /** The frozen qcow2 layer the parent wrote; children stack their own overlay on it. */
+    disk: FileEntry.extend({ backing: z.string() }),
+    /** The read-only raw root filesystem under `disk` (hard link to the built image). */
+    base: FileEntry,
+  }),
+  lineage: z.object({
+    parent_tag: z.string().nullable(),
+    parent_content_hash: z.string().nullable(),
+    depth: z.number().int().nonnegative(),
+  }),
+  timings: z.record(z.string(), z.number()),
+});
+
+export type SnapshotMeta = z.infer<typeof SnapshotMeta>;
+export type SnapshotFile = z.infer<typeof FileEntry>;
+
+/** The content hash of a snapshot: over its files' hashes (what a chain child pins). */
+export function contentHash(meta: SnapshotMeta): string {
+  const f = meta.files;
+  return [f.vmstate.sha256, f.memory.sha256, f.disk.sha256, f.base.sha256].join(':');
+}

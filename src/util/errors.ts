@@ -1,0 +1,33 @@
+/**
+ * ForkdError: an error a user can act on. `message` names the problem, `hint` the fix.
+ * `code` is a stable machine-readable identifier (used by --json output and, later, HTTP status mapping).
+ */
+export type ErrorCode =
+  | 'bad_input'
+  | 'not_found'
+  | 'exists'
+  | 'host_unsupported'
+  | 'out_of_space'
+  | 'incompatible_snapshot'
+  | 'corrupt_snapshot'
+  | 'vmm_failed'
+  | 'agent_failed'
+  | 'timeout'
+  | 'interrupted'
+  | 'internal';
+
+export class ForkdError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+  constructor(code: ErrorCode, message: string, hint?: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ForkdError';
+    this.code = code;
+    this.hint = hint;
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

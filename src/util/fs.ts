@@ -1,0 +1,60 @@
+import fs from 'node:fs';
+import path from 'node:path';
+
+/** Write a file atomically: temp file in the same dir, fsync, rename. */
+export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
+  const fd = fs.openSync(tmp, 'w', mode);
+  try {
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+/** Free bytes available to us on the filesystem holding `p` (or its nearest existing ancestor). */
+export function freeBytes(p: string): number {
+  let dir = p;
+  while (!fs.existsSync(dir)) {
+    const up = path.dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  const s = fs.statfsSync(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+/** Bytes allocated on disk (sparse-aware) under a file or directory. */
+export function diskUsage(p: string): number {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(p);
+  } catch {
+    return 0;
+  }
+  if (st.isDirectory()) {
+    let total = 0;
+    for (const e of fs.readdirSync(p)) total += diskUsage(path.join(p, e));
+    return total;
+  }
+  return st.blocks * 512;
+}
+
+/** Hard-link `src` to `dst`, falling back to a copy when they are on different filesystems. */
+export function linkOrCopy(src: string, dst: string): 'link' | 'copy' {
+  try {
+    fs.linkSync(src, dst);
+    return 'link';
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'EMLINK') throw e;
+    fs.copyFileSync(src, dst);
+    return 'copy';
+  }
+}
+
+export function readJson<T = unknown>(file: string): T {
+  return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
+}

@@ -1,0 +1,70 @@
+import type { MachineConfig } from './types.js';
+
+/** The name of the virtio-serial port the guest agent listens on. */
+export const AGENT_PORT_NAME = 'org.forkd.agent';
+
+export interface QemuPaths {
+  qmpSocket: string;
+  agentSocket: string;
+  consoleLog: string;
+  memoryFile: string;
+  disk: string;
+}
+
+/** Machine + device arguments. Must be identical for a parent and all of its children. */
+export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): string[] {
+  const accel =
+    m.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max'];
+  return [
+    '-machine',
+    'microvm,memory-backend=mem',
+    ...accel,
+    '-m',
+    `${m.memMib}M`,
+    '-smp',
+    String(m.vcpus),
+    '-object',
+    `memory-backend-file,id=mem,size=${m.memMib}M,mem-path=${escapeOpt(p.memoryFile)},share=${share ? 'on' : 'off'}`,
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-chardev',
+    `file,id=con0,path=${escapeOpt(p.consoleLog)}`,
+    '-serial',
+    'chardev:con0',
+    '-qmp',
+    `unix:${escapeOpt(p.qmpSocket)},server=on,wait=off`,
+    '-drive',
+    `file=${escapeOpt(p.disk)},if=none,id=root,format=qcow2,discard=unmap`,
+    '-device',
+    'virtio-blk-device,drive=root',
+    '-device',
+    'virtio-serial-device',
+    '-chardev',
+    `socket,id=agent,path=${escapeOpt(p.agentSocket)},server=on,wait=off`,
+    '-device',
+    `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+  ];
+}
+
+export function parentArgs(
+  m: MachineConfig,
+  p: QemuPaths,
+  kernel: string,
+  initrd: string,
+  cmdline: string,
+): string[] {
+  return [...machineArgs(m, p, true), '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
+}
+
+/** A child waits for its device state (`-incoming defer`) and maps the parent's RAM file MAP_PRIVATE. */
+export function childArgs(m: MachineConfig, p: QemuPaths): string[] {
+  return [...machineArgs(m, p, false), '-incoming', 'defer'];
+}
+
+/** QEMU's option parser splits on ','; a literal comma in a value is written ',,'. */
+export function escapeOpt(v: string): string {
+  return v.replaceAll(',', ',,');
+}

@@ -1,0 +1,226 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ForkdError } from '../util/errors.js';
+import { run } from '../util/proc.js';
+import { QmpClient } from './qmp.js';
+import { childArgs, parentArgs, type QemuPaths } from './qemu-argv.js';
+import type { BootSpec, RestoreSpec, RestoreTimings, SnapshotResult, Vmm, VmHandle } from './types.js';
+
+export function qemuBinary(): string {
+  return process.env.FORKD_QEMU || 'qemu-system-x86_64';
+}
+
+export function workPaths(workDir: string, memoryFile: string, disk: string): QemuPaths {
+  return {
+    qmpSocket: path.join(workDir, 'qmp.sock'),
+    agentSocket: path.join(workDir, 'agent.sock'),
+    consoleLog: path.join(workDir, 'console.log'),
+    memoryFile,
+    disk,
+  };
+}
+
+/** One running QEMU process and its QMP connection. */
+export class QemuVm implements VmHandle {
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private alive = true;
+  qmp: QmpClient | undefined;
+
+  constructor(
+    readonly child: ChildProcess,
+    readonly workDir: string,
+    readonly paths: QemuPaths,
+  ) {
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.alive = false;
+        this.qmp?.close();
+        resolve({ code, signal });
+      });
+      child.once('error', () => {
+        this.alive = false;
+        resolve({ code: null, signal: null });
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+  get agentSocket(): string {
+    return this.paths.agentSocket;
+  }
+  get consoleLog(): string {
+    return this.paths.consoleLog;
+  }
+  isAlive(): boolean {
+    return this.alive;
+  }
+
+  /** QEMU's own stderr (startup errors such as a bad option or a device-state mismatch). */
+  qemuLog(): string {
+    try {
+      return fs.readFileSync(path.join(this.workDir, 'qemu.log'), 'utf8').trim();
+    } catch {
+      return '';
+    }
+  }
+
+  async connectQmp(timeoutMs: number): Promise<QmpClient> {
+    try {
+      this.qmp = await QmpClient.connect(this.paths.qmpSocket, { timeoutMs, isAlive: () => this.alive });
+    } catch (e) {
+      if (!this.alive) {
+        await this.exited;
+        throw new ForkdError('vmm_failed', `QEMU exited during start-up: ${this.qemuLog() || 'no output'}`);
+      }
+      throw e;
+    }
+    return this.qmp;
+  }
+
+  async destroy(opts: { graceful?: boolean } = {}): Promise<void> {
+    if (!this.alive) return;
+    if (opts.graceful && this.qmp && !this.qmp.isClosed) {
+      try {
+        await this.qmp.execute('quit', undefined, 1000);
+      } catch {
+        /* fall through to SIGKILL */
+      }
+      const quit = await Promise.race([this.exited.then(() => true), sleep(2000).then(() => false)]);
+      if (quit) return;
+    }
+    try {
+      process.kill(this.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+    await this.exited;
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+let cachedVersion: string | undefined;
+
+/** The QEMU backend: microvm machine driven over QMP. */
+export class QemuVmm implements Vmm {
+  readonly name = 'qemu';
+
+  async version(): Promise<string> {
+    if (cachedVersion) return cachedVersion;
+    const r = await run(qemuBinary(), ['--version']);
+    const m = /version\s+(\d+\.\d+\.\d+)/.exec(r.stdout);
+    if (!m)
+      throw new ForkdError(
+        'host_unsupported',
+        `cannot parse '${qemuBinary()} --version'`,
+        'run: forkd doctor',
+      );
+    cachedVersion = m[1]!;
+    return cachedVersion;
+  }
+
+  private start(workDir: string, paths: QemuPaths, argv: string[], extraFds: number[] = []): QemuVm {
+    fs.mkdirSync(workDir, { recursive: true });
+    for (const s of [paths.qmpSocket, paths.agentSocket]) fs.rmSync(s, { force: true });
+    const log = fs.openSync(path.join(workDir, 'qemu.log'), 'w');
+    const child = spawn(qemuBinary(), argv, {
+      stdio: ['ignore', log, log, ...extraFds],
+      // Own process group: a terminal's Ctrl-C reaches forkd, which tears children down in order.
+      detached: true,
+    });
+    fs.closeSync(log);
+    fs.writeFileSync(path.join(workDir, 'qemu.pid'), `${child.pid}\n`);
+    return new QemuVm(child, workDir, paths);
+  }
+
+  async boot(spec: BootSpec): Promise<QemuVm> {
+    const paths = workPaths(spec.workDir, spec.memoryFile, spec.disk);
+    const argv = [
+      ...parentArgs(spec.machine, paths, spec.kernel, spec.initrd, spec.cmdline),
+      '-name',
+      'forkd-parent',
+    ];
+    const vm = this.start(spec.workDir, paths, argv);
+    await vm.connectQmp(15_000);
+    return vm;
+  }
+
+  async snapshot(handle: VmHandle, vmstateFile: string): Promise<SnapshotResult> {
+    const vm = handle as QemuVm;
+    const qmp = vm.qmp!;
+    const t0 = performance.now();
+    await qmp.execute('stop');
+    const tStop = performance.now();
+    await qmp.execute('migrate-set-capabilities', {
+      capabilities: [{ capability: 'x-ignore-shared', state: true }],
+    });
+    // Outgoing `fd:` needs SCM_RIGHTS (getfd), which Node sockets cannot send; exec a writer instead.
+    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(vmstateFile)}` });
+    await waitMigration(qmp, 120_000);
+    const pauseMs = performance.now() - t0;
+    return { pauseMs, stopMs: tStop - t0, vmstateBytes: fs.statSync(vmstateFile).size };
+  }
+
+  async restore(spec: RestoreSpec): Promise<{ vm: QemuVm; timings: RestoreTimings }> {
+    const paths = workPaths(spec.workDir, spec.memoryFile, spec.disk);
+    const argv = [...childArgs(spec.machine, paths), '-name', spec.name];
+    const t0 = performance.now();
+    // The device state travels as an inherited fd (fd 3): no shell, no copy.
+    const stateFd = fs.openSync(spec.vmstateFile, 'r');
+    let vm: QemuVm;
+    try {
+      vm = this.start(spec.workDir, paths, argv, [stateFd]);
+    } finally {
+      fs.closeSync(stateFd);
+    }
+    try {
+      const qmp = await vm.connectQmp(30_000);
+      const tQmp = performance.now();
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [{ capability: 'x-ignore-shared', state: true }],
+      });
+      await qmp.execute('migrate-incoming', { uri: 'fd:3' });
+      await waitMigration(qmp, 60_000, () => vm.qemuLog());
+      const tLoad = performance.now();
+      await qmp.execute('cont');
+      const tCont = performance.now();
+      return { vm, timings: { spawnMs: tQmp - t0, loadMs: tLoad - tQmp, contMs: tCont - tLoad } };
+    } catch (e) {
+      await vm.destroy();
+      const log = vm.qemuLog();
+      if (e instanceof ForkdError) throw e;
+      throw new ForkdError(
+        'vmm_failed',
+        `restore failed: ${(e as Error).message}${log ? `\nQEMU said: ${log}` : ''}`,
+      );
+    }
+  }
+}
+
+/** Poll query-migrate until the migration (either direction) completes. */
+async function waitMigration(qmp: QmpClient, timeoutMs: number, diag?: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let delay = 0.5;
+  for (;;) {
+    const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+    if (st.status === 'completed') return;
+    if (st.status === 'failed' || st.status === 'cancelled') {
+      const extra = diag?.() ?? '';
+      throw new ForkdError(
+        'vmm_failed',
+        `migration ${st.status}${st['error-desc'] ? `: ${st['error-desc']}` : ''}${extra ? `\n${extra}` : ''}`,
+      );
+    }
+    if (Date.now() > deadline)
+      throw new ForkdError('timeout', `migration did not complete in ${timeoutMs} ms`);
+    await sleep(delay);
+    delay = Math.min(delay * 2, 20);
+  }
+}
+
+export function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}

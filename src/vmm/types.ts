@@ -1,0 +1,75 @@
+/**
+ * The VMM boundary: everything the rest of forkd knows about a virtual machine monitor.
+ * Only QEMU implements it today; another backend (Firecracker, cloud-hypervisor) would implement the same.
+ */
+export type Accel = 'kvm' | 'tcg';
+
+/** The machine shape. Parent and children must be started with identical values (device state depends on it). */
+export interface MachineConfig {
+  accel: Accel;
+  vcpus: number;
+  memMib: number;
+  /** Guest network device. 'none' = no NIC; control always goes over the virtio-serial agent port. */
+  net: 'none';
+}
+
+export interface BootSpec {
+  machine: MachineConfig;
+  workDir: string;
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  /** Guest RAM file. The parent maps it shared so the saved file is the snapshot's memory. */
+  memoryFile: string;
+  /** Root disk (qcow2) the guest boots and writes on. */
+  disk: string;
+  /** Called with each console line while booting (progress, diagnostics). */
+  onConsole?: (line: string) => void;
+}
+
+export interface RestoreSpec {
+  machine: MachineConfig;
+  workDir: string;
+  memoryFile: string;
+  vmstateFile: string;
+  /** The child's private qcow2 overlay over the snapshot's frozen disk layer. */
+  disk: string;
+  name: string;
+}
+
+export interface SnapshotResult {
+  /** stop → migration completed; the window in which the guest was not running. */
+  pauseMs: number;
+  stopMs: number;
+  vmstateBytes: number;
+}
+
+export interface RestoreTimings {
+  /** exec of the VMM → control socket answered */
+  spawnMs: number;
+  /** device state loaded (migration completed) */
+  loadMs: number;
+  /** resume issued and acknowledged */
+  contMs: number;
+}
+
+export interface VmHandle {
+  readonly pid: number;
+  readonly workDir: string;
+  readonly agentSocket: string;
+  readonly consoleLog: string;
+  /** Resolves when the VMM process has exited. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  isAlive(): boolean;
+  /** Stop the VM for good (graceful quit, then SIGKILL). Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export interface Vmm {
+  readonly name: string;
+  version(): Promise<string>;
+  boot(spec: BootSpec): Promise<VmHandle>;
+  /** Pause the VM and save its device state; RAM stays in the memory file. The VM stays paused. */
+  snapshot(vm: VmHandle, vmstateFile: string): Promise<SnapshotResult>;
+  restore(spec: RestoreSpec): Promise<{ vm: VmHandle; timings: RestoreTimings }>;
+}
