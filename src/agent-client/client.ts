@@ -53,7 +53,12 @@ async function resync(sock: net.Socket, deadline: number): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const resend = setInterval(() => sock.write(hello), 1000);
     const timer = setInterval(() => {
-      if (Date.now() > deadline) finish(new Error('the guest agent did not answer the resync handshake'));
+      if (Date.now() > deadline)
+        finish(
+          new Error(
+            "the guest agent did not answer the resync handshake (is the guest still booting, or does another client hold this VM's agent socket? QEMU serves one at a time)",
+          ),
+        );
     }, 50);
     const onData = (d: Buffer) => {
       acc = Buffer.concat([acc, d]);
@@ -230,6 +235,14 @@ export class AgentClient {
         else resolve(res);
       });
       req2.on('error', (e) => reject(new AgentError(0, `agent exec: ${e.message}`)));
+      // The guest enforces timeout_ms; this only guards against a guest that stops answering.
+      if (req.timeout_ms && req.timeout_ms > 0) {
+        const guard = setTimeout(() => {
+          req2.close(http2.constants.NGHTTP2_CANCEL);
+          reject(new AgentError(0, `agent exec: no exit status ${req.timeout_ms! + 30_000} ms after start`));
+        }, req.timeout_ms + 30_000);
+        req2.on('close', () => clearTimeout(guard));
+      }
       req2.end(JSON.stringify(req));
     });
   }

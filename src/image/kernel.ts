@@ -35,8 +35,16 @@ export async function resolveKernelPackage(): Promise<{ pkg: string; version: st
   const override = process.env.FORKD_KERNEL_PACKAGE;
   let pkg = override;
   if (!pkg) {
-    const r = await run('apt-cache', ['depends', 'linux-image-amd64']);
-    pkg = /Depends:\s*(linux-image-[0-9][^\s]*-amd64)/.exec(r.stdout)?.[1];
+    const lookup = async () =>
+      /Depends:\s*(linux-image-[0-9][^\s]*-amd64)/.exec(
+        (await run('apt-cache', ['depends', 'linux-image-amd64'])).stdout,
+      )?.[1];
+    pkg = await lookup();
+    if (!pkg && process.getuid?.() === 0) {
+      // A fresh machine has empty package lists; refresh them once.
+      await run('apt-get', ['update', '-q'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+      pkg = await lookup();
+    }
     if (!pkg)
       throw new ForkdError(
         'host_unsupported',

@@ -36,6 +36,8 @@ export interface CreateSnapshotOptions {
   /** Shell command run in the parent before the snapshot (warm-up); must exit 0. */
   warmup?: string;
   warmupTimeoutSecs?: number;
+  /** Code evaluated in the parent's warm Python interpreter before the snapshot (imports, models, state). */
+  warmupEval?: string;
   keepWorkdir?: boolean;
 }
 
@@ -176,6 +178,21 @@ export async function createSnapshot(
           'fix the --warmup command; it runs in the parent with /bin/sh -c',
         );
     }
+    if (opts.warmupEval) {
+      rep.info(
+        `warm-up eval: ${opts.warmupEval.length > 60 ? opts.warmupEval.slice(0, 57) + '...' : opts.warmupEval}`,
+      );
+      const r = await agent.eval({
+        code: opts.warmupEval,
+        timeout_ms: (opts.warmupTimeoutSecs ?? 600) * 1000,
+      });
+      if (!r.ok)
+        throw new ForkdError(
+          'bad_input',
+          `warm-up eval failed: ${r.error?.type}: ${r.error?.message}\n${r.error?.traceback ?? ''}`.trim(),
+          "fix the --warmup-eval code; it runs in the parent's Python interpreter",
+        );
+    }
     if (bootWait > 0) await sleep(bootWait * 1000);
     agent.close();
     agent = undefined;
@@ -222,6 +239,7 @@ export async function createSnapshot(
         numpy: ping.python.numpy ?? null,
         node: ping.node_version,
         warmup: opts.warmup ?? null,
+        warmup_eval: opts.warmupEval ?? null,
       },
       files,
       lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },

@@ -35,6 +35,7 @@ export const SnapshotMeta = z.object({
     numpy: z.string().nullable(),
     node: z.string().nullable(),
     warmup: z.string().nullable(),
+    warmup_eval: z.string().nullable().default(null),
   }),
   files: z.object({
     vmstate: FileEntry,

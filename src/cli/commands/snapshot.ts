@@ -4,7 +4,7 @@ import { listSnapshots, removeSnapshot } from '../../snapshot/store.js';
 import { validateTag } from '../../snapshot/tag.js';
 import { stderrReporter } from '../../util/report.js';
 import { ago, bytes, ms, table } from '../../util/format.js';
-import { errorMessage } from '../../util/errors.js';
+import { ForkdError, errorMessage } from '../../util/errors.js';
 import { fail, intArg, numArg, out, printJson } from '../output.js';
 
 interface SnapshotOpts {
@@ -19,6 +19,7 @@ interface SnapshotOpts {
   bootWaitSecs?: number;
   bootTimeoutSecs?: number;
   warmup?: string;
+  warmupEval?: string;
   keepWorkdir?: boolean;
   json?: boolean;
 }
@@ -60,6 +61,10 @@ export function registerSnapshot(program: Command): void {
       intArg('--boot-timeout-secs'),
     )
     .option('--warmup <cmd>', 'shell command to run in the parent before the snapshot (must exit 0)')
+    .option(
+      '--warmup-eval <code>',
+      "Python code run in the parent's warm interpreter before the snapshot (state every child inherits)",
+    )
     .option('--keep-workdir', "keep the parent's work dir (console log, sockets)")
     .option('--json', 'machine-readable output')
     .action(async (o: SnapshotOpts) => {
@@ -77,6 +82,7 @@ export function registerSnapshot(program: Command): void {
             bootWaitSecs: o.bootWaitSecs ?? 0,
             ...(o.bootTimeoutSecs ? { bootTimeoutSecs: o.bootTimeoutSecs } : {}),
             ...(o.warmup !== undefined ? { warmup: o.warmup } : {}),
+            ...(o.warmupEval !== undefined ? { warmupEval: o.warmupEval } : {}),
             keepWorkdir: Boolean(o.keepWorkdir),
           },
           stderrReporter(),
@@ -164,7 +170,10 @@ export function registerSnapshot(program: Command): void {
           if (!o.json) out(`✓ ${tag}`);
         } catch (e) {
           results.push({ tag, ok: false, error: errorMessage(e) });
-          if (!o.json) process.stderr.write(`✗ ${tag}: ${errorMessage(e)}\n`);
+          if (!o.json)
+            process.stderr.write(
+              `✗ ${tag}: ${errorMessage(e)}\n${e instanceof ForkdError && e.hint ? `  → ${e.hint}\n` : ''}`,
+            );
         }
       }
       if (o.json) printJson(results);

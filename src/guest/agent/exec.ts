@@ -65,17 +65,24 @@ export function runExec(req: ExecRequest, emit: (ev: ExecEvent) => void, abort: 
     child.stderr!.setEncoding('utf8').on('data', (d: string) => emit({ type: 'stderr', data: d }));
     child.stdin!.on('error', () => {});
     child.stdin!.end(req.stdin ?? '');
-    child.on('error', (e: NodeJS.ErrnoException) => {
+    // A failed spawn emits 'error' and then 'close': report exactly one outcome.
+    let settled = false;
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
       if (timer) clearTimeout(timer);
       abort.removeEventListener('abort', onAbort);
+      return true;
+    };
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      if (!settle()) return;
       const what =
         e.code === 'ENOENT' ? `${argv[0]}: not found (or cwd ${req.cwd || '/root'} missing)` : e.message;
       emit({ type: 'error', error: what });
       resolve();
     });
     child.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
-      abort.removeEventListener('abort', onAbort);
+      if (!settle()) return;
       emit({
         type: 'exit',
         exit_code: code,

@@ -22,7 +22,6 @@ import { applyIdentity, validateIdentity } from './identity.js';
 
 const PORT_NAME = 'org.forkd.agent';
 const MAX_BODY = 64 << 20;
-const started = Date.now();
 let sandboxId: string | null = null;
 
 function log(msg: string): void {
@@ -116,10 +115,12 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       const abort = new AbortController();
       stream.on('close', () => abort.abort());
       stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
+      let ended = false;
       const emit = (ev: ExecEvent) => {
-        if (!stream.destroyed && !stream.closed) stream.write(JSON.stringify(ev) + '\n');
+        if (!ended && !stream.destroyed && !stream.closed) stream.write(JSON.stringify(ev) + '\n');
       };
       await runExec(req, emit, abort.signal);
+      ended = true;
       if (!stream.destroyed && !stream.closed) stream.end();
       return;
     }

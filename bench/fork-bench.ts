@@ -1,0 +1,247 @@
+/**
+ * npm run bench — fork latency and memory on this host, side by side in one run:
+ *   - fork N = 1, 10 (100 with FORKD_BENCH_N100=1) to "every child answered eval": wall, per-child p50/max
+ *   - snapshot pause (stop → device state saved)
+ *   - private memory per idle child (VMM Private_Dirty + guest copy-on-write, from smaps)
+ *   - cold boot of the same image to the same eval answer, and the ratio fork/boot
+ * Prints a table and writes bench-results/fork-<time>.json. Every row names the accelerator.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createSnapshot } from '../src/snapshot/create.js';
+import { GUEST_CMDLINE } from '../src/snapshot/create.js';
+import { fork } from '../src/fork/fork.js';
+import { buildImage } from '../src/image/build.js';
+import { currentAccel } from '../src/host/accel.js';
+import { QemuVmm } from '../src/vmm/qemu.js';
+import { AgentClient } from '../src/agent-client/client.js';
+import { runOk, sleep } from '../src/util/proc.js';
+import { median, percentile, table } from '../src/util/format.js';
+import { silentReporter, stderrReporter } from '../src/util/report.js';
+
+const EVAL = 'numpy.zeros(5).tolist()';
+const base = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-bench-'));
+process.env.XDG_DATA_HOME = path.join(base, 'data');
+process.env.FORKD_RUN_DIR = path.join(base, 'run');
+fs.mkdirSync(process.env.FORKD_RUN_DIR, { recursive: true });
+const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
+const r1 = (v: number) => Math.round(v * 10) / 10;
+
+interface Row {
+  metric: string;
+  n?: number;
+  accel: string;
+  median_ms?: number;
+  p50_child_ms?: number;
+  max_child_ms?: number;
+  value?: number;
+  unit: string;
+  reps: number;
+  note?: string;
+}
+
+async function coldBoot(
+  image: Awaited<ReturnType<typeof buildImage>>,
+  accel: 'kvm' | 'tcg',
+): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(base, 'cold-'));
+  fs.linkSync(image.rootfs.path, path.join(dir, 'base.ext4'));
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.ext4', '-F', 'raw', 'disk.qcow2'], {
+    cwd: dir,
+  });
+  const vmm = new QemuVmm();
+  const t0 = performance.now();
+  const vm = await vmm.boot({
+    machine: { accel, vcpus: 1, memMib: 512, net: 'none' },
+    workDir: path.join(dir, 'w'),
+    kernel: image.kernel.vmlinux,
+    initrd: image.initramfs.path,
+    cmdline: GUEST_CMDLINE,
+    memoryFile: path.join(dir, 'memory.bin'),
+    disk: path.join(dir, 'disk.qcow2'),
+  });
+  try {
+    const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 300_000 });
+    for (;;) {
+      const r = await agent.eval({ code: EVAL });
+      if (r.ok) break; // the interpreter answers once it has imported numpy
+      await sleep(20);
+    }
+    const ms = performance.now() - t0;
+    agent.close();
+    return ms;
+  } finally {
+    await vm.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** VMM private memory and guest copy-on-write of one child QEMU, from /proc/PID/smaps. */
+function childMemory(
+  pid: number,
+  memFile: string,
+): { vmmPrivateKiB: number; guestCowKiB: number; pssKiB: number } {
+  const smaps = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n');
+  let inGuestRam = false;
+  let vmm = 0;
+  let cow = 0;
+  let pss = 0;
+  for (const line of smaps) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) {
+      inGuestRam = line.endsWith(memFile);
+      continue;
+    }
+    const m = /^(\w+):\s+(\d+) kB/.exec(line);
+    if (!m) continue;
+    const kb = Number(m[2]);
+    if (m[1] === 'Pss') pss += kb;
+    // Guest CoW = anonymous pages inside the MAP_PRIVATE RAM mapping (Private_Dirty over-counts once
+    // the file's other mappers are gone; spike-branch §4.6).
+    if (inGuestRam && m[1] === 'Anonymous') cow += kb;
+    if (!inGuestRam && m[1] === 'Private_Dirty') vmm += kb;
+  }
+  return { vmmPrivateKiB: vmm, guestCowKiB: cow, pssKiB: pss };
+}
+
+async function main(): Promise<void> {
+  const rows: Row[] = [];
+  const rep = process.env.FORKD_BENCH_VERBOSE ? stderrReporter() : silentReporter;
+  log('building / reusing the python-numpy guest image');
+  const image = await buildImage({ recipe: 'python-numpy' }, stderrReporter());
+  const accel = (await currentAccel()).accel;
+  log(`accelerator: ${accel}`);
+
+  // Snapshot pause: 3 parents.
+  const pauses: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const s = await createSnapshot({ tag: `bench${i}` }, rep);
+    pauses.push(s.meta.timings.pause_ms!);
+    log(
+      `snapshot ${i}: pause ${r1(s.meta.timings.pause_ms!)} ms, boot→warm ${r1(s.meta.timings.warm_ms!)} ms`,
+    );
+  }
+  rows.push({
+    metric: 'snapshot pause (stop → vmstate saved)',
+    accel,
+    median_ms: r1(median(pauses)),
+    unit: 'ms',
+    reps: 3,
+  });
+
+  // Cold boot to the same answer.
+  const colds: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    colds.push(await coldBoot(image, accel));
+    log(`cold boot ${i}: ${r1(colds[i]!)} ms`);
+  }
+  const cold = median(colds);
+  rows.push({ metric: 'cold boot → eval answered', n: 1, accel, median_ms: r1(cold), unit: 'ms', reps: 3 });
+
+  // Fork N to every child answered eval.
+  const plan: Array<[number, number]> = [
+    [1, 5],
+    [10, 3],
+  ];
+  if (process.env.FORKD_BENCH_N100) plan.push([100, 1]);
+  let fork1 = NaN;
+  for (const [n, reps] of plan) {
+    const walls: number[] = [];
+    const answered: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      const r = await fork({ tag: 'bench0', n, eval: EVAL }, rep);
+      if (r.failed)
+        throw new Error(`fork n=${n}: ${r.failed} failed: ${r.children.find((c) => !c.ok)?.error}`);
+      const per = r.children.map((c) => c.answeredMs!);
+      walls.push(Math.max(...per));
+      answered.push(...per);
+      log(`fork n=${n} rep ${i}: all answered in ${r1(Math.max(...per))} ms`);
+    }
+    if (n === 1) fork1 = median(walls);
+    rows.push({
+      metric: 'fork → every child answered eval',
+      n,
+      accel,
+      median_ms: r1(median(walls)),
+      p50_child_ms: r1(median(answered)),
+      max_child_ms: r1(percentile(answered, 100)),
+      unit: 'ms',
+      reps,
+    });
+  }
+  rows.push({
+    metric: 'ratio fork(n=1) / cold boot',
+    accel,
+    value: Math.round((fork1 / cold) * 1000) / 1000,
+    unit: 'x',
+    reps: 1,
+    note: `${r1(cold / fork1)}x faster`,
+  });
+
+  // Memory of idle children.
+  const idle = await fork({ tag: 'bench0', n: 10, keepRunning: true }, rep);
+  await sleep(3000);
+  const memFile = path.join(process.env.XDG_DATA_HOME!, 'forkd', 'snapshots', 'bench0', 'memory.bin');
+  const mems = idle.running!.map((c) => childMemory(c.vm.pid, memFile));
+  for (const c of idle.running!) {
+    c.agent.close();
+    await c.vm.destroy();
+  }
+  fs.rmSync(idle.work_dir, { recursive: true, force: true });
+  rows.push({
+    metric: 'idle child: VMM private dirty',
+    n: 10,
+    accel,
+    value: r1(median(mems.map((m) => m.vmmPrivateKiB)) / 1024),
+    unit: 'MiB',
+    reps: 10,
+  });
+  rows.push({
+    metric: 'idle child: guest copy-on-write',
+    n: 10,
+    accel,
+    value: r1(median(mems.map((m) => m.guestCowKiB)) / 1024),
+    unit: 'MiB',
+    reps: 10,
+  });
+  rows.push({
+    metric: 'idle child: PSS (all mappings)',
+    n: 10,
+    accel,
+    value: r1(median(mems.map((m) => m.pssKiB)) / 1024),
+    unit: 'MiB',
+    reps: 10,
+  });
+
+  const text = table(
+    ['METRIC', 'N', 'ACCEL', 'MEDIAN', 'CHILD P50', 'CHILD MAX', 'REPS'],
+    rows.map((r) => [
+      r.metric,
+      r.n === undefined ? '' : String(r.n),
+      r.accel,
+      r.median_ms !== undefined ? `${r.median_ms} ms` : `${r.value} ${r.unit}${r.note ? ` (${r.note})` : ''}`,
+      r.p50_child_ms !== undefined ? `${r.p50_child_ms} ms` : '',
+      r.max_child_ms !== undefined ? `${r.max_child_ms} ms` : '',
+      String(r.reps),
+    ]),
+  );
+  process.stdout.write(text + '\n');
+  const outDir = path.resolve('bench-results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `fork-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  const host = {
+    cpus: os.cpus().length,
+    cpu: os.cpus()[0]?.model,
+    mem_gib: Math.round(os.totalmem() / 1024 ** 3),
+    kernel: os.release(),
+  };
+  fs.writeFileSync(file, JSON.stringify({ host, accelerator: accel, rows }, null, 2));
+  process.stdout.write(`wrote ${file}\n`);
+}
+
+main()
+  .catch((e) => {
+    process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => fs.rmSync(base, { recursive: true, force: true }));

@@ -1,0 +1,44 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { childArgs, escapeOpt, machineArgs, parentArgs } from '../../src/vmm/qemu-argv.js';
+import { shellQuote } from '../../src/vmm/qemu.js';
+
+const m = { accel: 'tcg' as const, vcpus: 1, memMib: 512, net: 'none' as const };
+const p = {
+  qmpSocket: '/w/qmp.sock',
+  agentSocket: '/w/agent.sock',
+  consoleLog: '/w/console.log',
+  memoryFile: '/s/memory.bin',
+  disk: '/w/disk.qcow2',
+};
+
+describe('QEMU argv', () => {
+  it('gives parent and child the same machine and devices; only sharing of RAM differs', () => {
+    const parent = parentArgs(m, p, '/k/vmlinux', '/k/initrd', 'console=ttyS0');
+    const child = childArgs(m, p);
+    const strip = (a: string[]) => a.map((x) => x.replace(/share=(on|off)/, 'share=?'));
+    assert.deepEqual(strip(child.slice(0, -2)), strip(parent.slice(0, machineArgs(m, p, true).length)));
+    assert.ok(parent.some((a) => a.includes('share=on')));
+    assert.ok(child.some((a) => a.includes('share=off')));
+    assert.deepEqual(child.slice(-2), ['-incoming', 'defer']);
+    assert.ok(!child.includes('-kernel'));
+  });
+  it('uses KVM with the host CPU when the accelerator is kvm', () => {
+    const a = machineArgs({ ...m, accel: 'kvm' }, p, false);
+    assert.deepEqual(a.slice(a.indexOf('-accel'), a.indexOf('-accel') + 4), [
+      '-accel',
+      'kvm',
+      '-cpu',
+      'host',
+    ]);
+  });
+  it('escapes commas in option values and quotes shell paths', () => {
+    assert.equal(escapeOpt('/a,b/c'), '/a,,b/c');
+    assert.ok(
+      machineArgs(m, { ...p, memoryFile: '/x,y/mem' }, true).some((a) =>
+        a.includes('mem-path=/x,,y/mem,share=on'),
+      ),
+    );
+    assert.equal(shellQuote("/it's here"), `'/it'\\''s here'`);
+  });
+});
