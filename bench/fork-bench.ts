@@ -16,7 +16,8 @@ import { buildImage } from '../src/image/build.js';
 import { currentAccel } from '../src/host/accel.js';
 import { QemuVmm } from '../src/vmm/qemu.js';
 import { AgentClient } from '../src/agent-client/client.js';
-import { runOk, sleep } from '../src/util/proc.js';
+import { sleep } from '../src/util/proc.js';
+import { createOverlay } from '../src/vmm/disk.js';
 import { median, percentile, table } from '../src/util/format.js';
 import { silentReporter, stderrReporter } from '../src/util/report.js';
 
@@ -47,9 +48,7 @@ async function coldBoot(
 ): Promise<number> {
   const dir = fs.mkdtempSync(path.join(base, 'cold-'));
   fs.linkSync(image.rootfs.path, path.join(dir, 'base.ext4'));
-  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.ext4', '-F', 'raw', 'disk.qcow2'], {
-    cwd: dir,
-  });
+  await createOverlay(path.join(dir, 'disk.qcow2'), 'base.ext4', 'raw');
   const vmm = new QemuVmm();
   const t0 = performance.now();
   const vm = await vmm.boot({

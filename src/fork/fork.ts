@@ -4,7 +4,8 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { freeBytes } from '../util/fs.js';
-import { runOk, sleep } from '../util/proc.js';
+import { sleep } from '../util/proc.js';
+import { createOverlay } from '../vmm/disk.js';
 import { onInterrupt } from '../util/teardown.js';
 import { median, percentile } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
@@ -268,17 +269,7 @@ export async function fork(
   try {
     // Template overlay made once, copied per child (qemu-img per child costs ~10 ms each).
     const template = path.join(workDir, 'overlay-template.qcow2');
-    await runOk('qemu-img', [
-      'create',
-      '-q',
-      '-f',
-      'qcow2',
-      '-b',
-      path.join(s.dir, s.meta.files.disk.path),
-      '-F',
-      'qcow2',
-      template,
-    ]);
+    await createOverlay(template, path.join(s.dir, s.meta.files.disk.path), 'qcow2');
     const limit = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
     let next = 1;
     const worker = async () => {

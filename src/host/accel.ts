@@ -4,6 +4,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { cacheDir } from '../util/paths.js';
 import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
+import { accelArgs, BASE_FLAGS } from '../vmm/qemu-argv.js';
 import type { Accel } from '../vmm/types.js';
 import { ForkdError } from '../util/errors.js';
 
@@ -125,16 +126,12 @@ export function bootProbe(
   const args = [
     '-machine',
     'microvm',
-    ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
+    ...accelArgs(accel),
     '-m',
     '256M',
     '-smp',
     '1',
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-no-reboot',
+    ...BASE_FLAGS,
     '-chardev',
     `file,id=con0,path=${consoleLog}`,
     '-serial',

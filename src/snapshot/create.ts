@@ -4,7 +4,8 @@ import { snapshotsDir } from '../util/paths.js';
 import { ForkdError } from '../util/errors.js';
 import { freeBytes, linkOrCopy } from '../util/fs.js';
 import { sha256File } from '../util/hash.js';
-import { runOk, sleep } from '../util/proc.js';
+import { sleep } from '../util/proc.js';
+import { createOverlay } from '../vmm/disk.js';
 import { forkdVersion } from '../util/project.js';
 import { onInterrupt } from '../util/teardown.js';
 import { ms as fmtMs } from '../util/format.js';
@@ -145,9 +146,7 @@ export async function createSnapshot(
   try {
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
     // Relative backing file: resolved against the overlay's own directory, so it survives the rename.
-    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.ext4', '-F', 'raw', 'disk.qcow2'], {
-      cwd: staging,
-    });
+    await createOverlay(path.join(staging, 'disk.qcow2'), 'base.ext4', 'raw');
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
     vm = await vmm.boot({
       machine,

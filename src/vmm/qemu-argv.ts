@@ -11,10 +11,16 @@ export interface QemuPaths {
   disk: string;
 }
 
+/** Flags every forkd QEMU gets: no default devices or config files, no display, exit on guest reboot. */
+export const BASE_FLAGS = ['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot'];
+
+export function accelArgs(accel: MachineConfig['accel']): string[] {
+  return accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max'];
+}
+
 /** Machine + device arguments. Must be identical for a parent and all of its children. */
 export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): string[] {
-  const accel =
-    m.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max'];
+  const accel = accelArgs(m.accel);
   return [
     '-machine',
     'microvm,memory-backend=mem',
@@ -25,11 +31,7 @@ export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): str
     String(m.vcpus),
     '-object',
     `memory-backend-file,id=mem,size=${m.memMib}M,mem-path=${escapeOpt(p.memoryFile)},share=${share ? 'on' : 'off'}`,
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-no-reboot',
+    ...BASE_FLAGS,
     '-chardev',
     `file,id=con0,path=${escapeOpt(p.consoleLog)}`,
     '-serial',
