@@ -15,7 +15,7 @@ import { fork } from '../src/fork/fork.js';
 import { buildImage } from '../src/image/build.js';
 import { currentAccel } from '../src/host/accel.js';
 import { QemuVmm } from '../src/vmm/qemu.js';
-import { AgentClient } from '../src/agent-client/client.js';
+import { bootGuest } from '../src/snapshot/boot.js';
 import { sleep } from '../src/util/proc.js';
 import { createOverlay } from '../src/vmm/disk.js';
 import { median, percentile, table } from '../src/util/format.js';
@@ -50,18 +50,22 @@ async function coldBoot(
   fs.linkSync(image.rootfs.path, path.join(dir, 'base.ext4'));
   await createOverlay(path.join(dir, 'disk.qcow2'), 'base.ext4', 'raw');
   const vmm = new QemuVmm();
-  const t0 = performance.now();
-  const vm = await vmm.boot({
-    machine: { accel, vcpus: 1, memMib: 512, net: 'none' },
-    workDir: path.join(dir, 'w'),
-    kernel: image.kernel.vmlinux,
-    initrd: image.initramfs.path,
-    cmdline: GUEST_CMDLINE,
-    memoryFile: path.join(dir, 'memory.bin'),
-    disk: path.join(dir, 'disk.qcow2'),
-  });
+  const booted = await bootGuest(
+    vmm,
+    {
+      machine: { accel, vcpus: 1, memMib: 512, net: 'none' },
+      workDir: path.join(dir, 'w'),
+      kernel: image.kernel.vmlinux,
+      initrd: image.initramfs.path,
+      cmdline: GUEST_CMDLINE,
+      memoryFile: path.join(dir, 'memory.bin'),
+      disk: path.join(dir, 'disk.qcow2'),
+    },
+    { timeoutMs: 300_000, onRetry: (m) => log(`cold boot: ${m} (the hung attempt is not timed)`) },
+  );
+  const { vm, agent } = booted;
+  const t0 = booted.startedAt;
   try {
-    const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 300_000 });
     for (;;) {
       const r = await agent.eval({ code: EVAL });
       if (r.ok) break; // the interpreter answers once it has imported numpy

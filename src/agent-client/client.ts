@@ -25,8 +25,9 @@ export class AgentError extends Error {
 }
 
 /** Open the unix socket QEMU serves for the agent port, retrying until it exists. */
-async function openSocket(path: string, deadline: number): Promise<net.Socket> {
+async function openSocket(path: string, deadline: number, signal?: AbortSignal): Promise<net.Socket> {
   for (;;) {
+    if (signal?.aborted) throw new Error('connect aborted');
     try {
       return await new Promise<net.Socket>((resolve, reject) => {
         const s = net.createConnection(path);
@@ -46,14 +47,15 @@ async function openSocket(path: string, deadline: number): Promise<net.Socket> {
  * at the first byte of the new session. Resends the HELLO periodically: a guest that is still booting
  * does not read the port yet, and bytes written before it opened the port may be lost.
  */
-async function resync(sock: net.Socket, deadline: number): Promise<void> {
+async function resync(sock: net.Socket, deadline: number, signal?: AbortSignal): Promise<void> {
   const nonce = randomBytes(NONCE_BYTES);
   const hello = helloFrame(nonce);
   let acc = Buffer.alloc(0);
   await new Promise<void>((resolve, reject) => {
     const resend = setInterval(() => sock.write(hello), 1000);
     const timer = setInterval(() => {
-      if (Date.now() > deadline)
+      if (signal?.aborted) finish(new Error('connect aborted'));
+      else if (Date.now() > deadline)
         finish(
           new Error(
             "the guest agent did not answer the resync handshake (is the guest still booting, or does another client hold this VM's agent socket? QEMU serves one at a time)",
@@ -95,11 +97,14 @@ export class AgentClient {
     private readonly sock: net.Socket,
   ) {}
 
-  static async connect(socketPath: string, opts: { timeoutMs?: number } = {}): Promise<AgentClient> {
+  static async connect(
+    socketPath: string,
+    opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<AgentClient> {
     const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-    const sock = await openSocket(socketPath, deadline);
+    const sock = await openSocket(socketPath, deadline, opts.signal);
     try {
-      await resync(sock, deadline);
+      await resync(sock, deadline, opts.signal);
     } catch (e) {
       sock.destroy();
       throw new ForkdError('agent_failed', (e as Error).message);

@@ -6,6 +6,7 @@ import { freeBytes, linkOrCopy } from '../util/fs.js';
 import { sha256File } from '../util/hash.js';
 import { sleep } from '../util/proc.js';
 import { createOverlay } from '../vmm/disk.js';
+import { bootGuest } from './boot.js';
 import { forkdVersion } from '../util/project.js';
 import { onInterrupt } from '../util/teardown.js';
 import { ms as fmtMs } from '../util/format.js';
@@ -146,19 +147,28 @@ export async function createSnapshot(
   try {
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
     // Relative backing file: resolved against the overlay's own directory, so it survives the rename.
-    await createOverlay(path.join(staging, 'disk.qcow2'), 'base.ext4', 'raw');
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
-    vm = await vmm.boot({
-      machine,
-      workDir,
-      kernel,
-      initrd,
-      cmdline: GUEST_CMDLINE,
-      memoryFile: path.join(staging, 'memory.bin'),
-      disk: path.join(staging, 'disk.qcow2'),
-    });
     const bootTimeout = (opts.bootTimeoutSecs ?? (accel.accel === 'tcg' ? 180 : 60)) * 1000;
-    agent = await connectWhileAlive(vm, bootTimeout);
+    const booted = await bootGuest(
+      vmm,
+      {
+        machine,
+        workDir,
+        kernel,
+        initrd,
+        cmdline: GUEST_CMDLINE,
+        memoryFile: path.join(staging, 'memory.bin'),
+        disk: path.join(staging, 'disk.qcow2'),
+      },
+      {
+        timeoutMs: bootTimeout,
+        prepare: () => createOverlay(path.join(staging, 'disk.qcow2'), 'base.ext4', 'raw'),
+        onRetry: (m) => rep.warn(m),
+      },
+      (v) => (vm = v),
+    );
+    vm = booted.vm;
+    agent = booted.agent;
     timings.agent_ready_ms = performance.now() - t0;
     rep.info(`agent answered after ${fmtMs(timings.agent_ready_ms)} [${accel.accel}]`);
     const ping = await waitPythonReady(agent, vm, bootTimeout);
@@ -279,16 +289,6 @@ export async function createSnapshot(
         : `re-run with --keep-workdir and read ${workDir}/console.log`,
     );
   }
-}
-
-async function connectWhileAlive(vm: QemuVm, timeoutMs: number): Promise<AgentClient> {
-  const died = vm.exited.then(() => {
-    throw new ForkdError(
-      'vmm_failed',
-      `QEMU exited while the guest was booting${vm.qemuLog() ? `: ${vm.qemuLog()}` : ''}`,
-    );
-  });
-  return Promise.race([AgentClient.connect(vm.agentSocket, { timeoutMs }), died]);
 }
 
 async function waitPythonReady(agent: AgentClient, vm: QemuVm, timeoutMs: number): Promise<PingResponse> {

@@ -6,6 +6,8 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# First sign of life: the host treats a boot without this line as hung early and retries it.
+echo "forkd-initramfs: init" > /dev/console
 for m in $(cat /etc/forkd-modules); do
   insmod "/lib/modules/$m.ko" 2>/dev/null || echo "forkd-initramfs: insmod $m failed" > /dev/console
 done
