@@ -69,6 +69,9 @@ async function resync(sock: net.Socket, deadline: number, signal?: AbortSignal):
         if (acc.length > 1 << 20) acc = acc.subarray(acc.length - 4096); // stale bytes from an old session
         return;
       }
+      // Stop the flow before detaching: in flowing mode, bytes unshifted (or arriving) with no 'data'
+      // listener are emitted to nobody and lost, and they are the start of the guest's HTTP/2 session.
+      sock.pause();
       finish();
       if (rest.length) sock.unshift(rest);
     };
