@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
@@ -340,5 +339,3 @@ export async function fork(
     throw e;
   }
 }
-
-export const hostCores = () => os.cpus().length;

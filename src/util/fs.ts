@@ -1,19 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-/** Write a file atomically: temp file in the same dir, fsync, rename. */
-export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
-  const fd = fs.openSync(tmp, 'w', mode);
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
-
 /** Free bytes available to us on the filesystem holding `p` (or its nearest existing ancestor). */
 export function freeBytes(p: string): number {
   let dir = p;

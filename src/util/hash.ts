@@ -12,7 +12,3 @@ export async function sha256File(file: string, onProgress?: (done: number) => vo
   }
   return h.digest('hex');
 }
-
-export function sha256(data: string | Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
