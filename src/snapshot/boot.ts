@@ -58,9 +58,10 @@ export async function bootGuest(
   }
 }
 
-function consoleText(file: string): string {
+/** The last `lines` lines of a guest console log ('' if there is none yet). */
+export function consoleTail(file: string, lines = 25): string {
   try {
-    return fs.readFileSync(file, 'utf8');
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
   } catch {
     return '';
   }
@@ -77,7 +78,8 @@ async function connectWhileAlive(vm: QemuVm, timeoutMs: number): Promise<AgentCl
   });
   const hung = new Promise<never>((_, reject) => {
     watch = setTimeout(() => {
-      if (!consoleText(vm.consoleLog).includes(INIT_MARKER)) reject(new EarlyHang('guest hung before init'));
+      if (!consoleTail(vm.consoleLog, 1_000_000).includes(INIT_MARKER))
+        reject(new EarlyHang('guest hung before init'));
     }, EARLY_HANG_MS);
   });
   const abort = new AbortController();

@@ -6,7 +6,7 @@ import { freeBytes, linkOrCopy } from '../util/fs.js';
 import { sha256File } from '../util/hash.js';
 import { sleep } from '../util/proc.js';
 import { createOverlay } from '../vmm/disk.js';
-import { bootGuest } from './boot.js';
+import { bootGuest, consoleTail } from './boot.js';
 import { forkdVersion } from '../util/project.js';
 import { onInterrupt } from '../util/teardown.js';
 import { ms as fmtMs } from '../util/format.js';
@@ -146,7 +146,6 @@ export async function createSnapshot(
   const timings: Record<string, number> = {};
   try {
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
-    // Relative backing file: resolved against the overlay's own directory, so it survives the rename.
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
     const bootTimeout = (opts.bootTimeoutSecs ?? (accel.accel === 'tcg' ? 180 : 60)) * 1000;
     const booted = await bootGuest(
@@ -162,6 +161,7 @@ export async function createSnapshot(
       },
       {
         timeoutMs: bootTimeout,
+        // Relative backing file: resolved against the overlay's own directory, so it survives the rename.
         prepare: () => createOverlay(path.join(staging, 'disk.qcow2'), 'base.ext4', 'raw'),
         onRetry: (m) => rep.warn(m),
       },
@@ -271,7 +271,7 @@ export async function createSnapshot(
     unregister();
     return { tag, dir: snapshotDir(tag), meta, accel, ...(opts.keepWorkdir ? { workDir } : {}) };
   } catch (e) {
-    const consoleTail = vm ? tail(vm.consoleLog) : tail(path.join(workDir, 'console.log'));
+    const guestConsole = vm ? consoleTail(vm.consoleLog) : consoleTail(path.join(workDir, 'console.log'));
     await teardown();
     unregister();
     if (
@@ -283,7 +283,7 @@ export async function createSnapshot(
       throw e;
     throw new ForkdError(
       e instanceof ForkdError ? e.code : 'vmm_failed',
-      `parent for '${tag}' failed: ${(e as Error).message}${consoleTail ? `\n--- guest console (last lines) ---\n${consoleTail}` : ''}`,
+      `parent for '${tag}' failed: ${(e as Error).message}${guestConsole ? `\n--- guest console (last lines) ---\n${guestConsole}` : ''}`,
       opts.rootfs
         ? 'a custom --rootfs must contain the forkd agent; use --recipe instead'
         : `re-run with --keep-workdir and read ${workDir}/console.log`,
@@ -316,12 +316,4 @@ function fileEntryKnown(dir: string, name: string, sha256: string): SnapshotFile
   const p = path.join(dir, name);
   const st = fs.statSync(p);
   return { path: name, size: st.size, sha256, mtime_ms: Math.trunc(st.mtimeMs) };
-}
-
-function tail(file: string, lines = 25): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '';
-  }
 }
