@@ -1,5 +1,6 @@
 import http2 from 'node:http2';
 import net from 'node:net';
+import type { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { findAck, helloFrame, NONCE_BYTES } from '../protocol/resync.js';
@@ -9,6 +10,7 @@ import type {
   ExecEvent,
   ExecRequest,
   ExecResult,
+  FileEntry,
   Identity,
   IdentityResult,
   PingResponse,
@@ -18,9 +20,20 @@ export class AgentError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** errno-style code from the guest (ENOENT, EISDIR, ...) where there is one */
+    readonly code?: string,
   ) {
     super(message);
     this.name = 'AgentError';
+  }
+}
+
+function agentHttpError(status: number, text: string): AgentError {
+  try {
+    const b = JSON.parse(text) as { error?: string; code?: string };
+    return new AgentError(status, b.error ?? `HTTP ${status}`, b.code);
+  } catch {
+    return new AgentError(status, `HTTP ${status}`);
   }
 }
 
@@ -165,8 +178,7 @@ export class AgentClient {
     } catch {
       throw new AgentError(r.status, `agent ${path}: non-JSON answer (HTTP ${r.status})`);
     }
-    if (r.status >= 400)
-      throw new AgentError(r.status, (parsed as { error?: string }).error ?? `HTTP ${r.status}`);
+    if (r.status >= 400) throw agentHttpError(r.status, r.text);
     return parsed as T;
   }
 
@@ -253,6 +265,77 @@ export class AgentClient {
       }
       req2.end(JSON.stringify(req));
     });
+  }
+
+  /** Stream a guest file. Resolves once the guest answered 200, with the body stream. */
+  readFile(filePath: string): Promise<{ stream: Readable; size: number | undefined }> {
+    return new Promise((resolve, reject) => {
+      const req = this.session.request({
+        ':method': 'GET',
+        ':path': `/v1/files?path=${encodeURIComponent(filePath)}`,
+      });
+      req.on('response', (h) => {
+        const status = Number(h[':status']);
+        if (status === 200) {
+          const len = h['content-length'];
+          resolve({ stream: req, size: len === undefined ? undefined : Number(len) });
+          return;
+        }
+        let text = '';
+        req.setEncoding('utf8');
+        req.on('data', (d: string) => (text += d));
+        req.on('end', () => reject(agentHttpError(status, text)));
+      });
+      req.on('error', (e) => reject(new AgentError(0, `agent read ${filePath}: ${e.message}`)));
+      req.end();
+    });
+  }
+
+  /** Stream `body` into a guest file (written to a temp file, renamed into place). */
+  writeFile(filePath: string, body: Readable | Buffer | string, mode?: number): Promise<FileEntry> {
+    return new Promise((resolve, reject) => {
+      const q = `path=${encodeURIComponent(filePath)}${mode === undefined ? '' : `&mode=${mode.toString(8)}`}`;
+      const req = this.session.request({ ':method': 'PUT', ':path': `/v1/files?${q}` });
+      let status = 0;
+      let text = '';
+      req.setEncoding('utf8');
+      req.on('response', (h) => (status = Number(h[':status'])));
+      req.on('data', (d: string) => (text += d));
+      req.on('end', () => {
+        if (status === 200) resolve(JSON.parse(text) as FileEntry);
+        else reject(agentHttpError(status, text));
+      });
+      req.on('error', (e) => reject(new AgentError(0, `agent write ${filePath}: ${e.message}`)));
+      if (typeof body === 'string' || Buffer.isBuffer(body)) req.end(body);
+      else {
+        body.on('error', (e) => {
+          req.close(http2.constants.NGHTTP2_CANCEL);
+          reject(e);
+        });
+        body.pipe(req);
+      }
+    });
+  }
+
+  listFiles(dir: string, depth = 1): Promise<{ entries: FileEntry[] }> {
+    return this.json('GET', `/v1/files/list?path=${encodeURIComponent(dir)}&depth=${depth}`);
+  }
+
+  statFile(filePath: string): Promise<FileEntry> {
+    return this.json('GET', `/v1/files/stat?path=${encodeURIComponent(filePath)}`);
+  }
+
+  removeFile(filePath: string, recursive = false): Promise<{ removed: string }> {
+    return this.json('POST', '/v1/files/remove', { path: filePath, recursive });
+  }
+
+  makeDir(dir: string): Promise<FileEntry> {
+    return this.json('POST', '/v1/files/mkdir', { path: dir });
+  }
+
+  /** Whether the HTTP/2 session to the agent is still usable. */
+  get usable(): boolean {
+    return !this.session.closed && !this.session.destroyed && !this.sock.destroyed;
   }
 
   close(): void {

@@ -8,7 +8,9 @@ import { createOverlay } from '../vmm/disk.js';
 import { onInterrupt } from '../util/teardown.js';
 import { median, percentile } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
-import { checkIntegrity, loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { memoryImage, resolveChain } from '../snapshot/assemble.js';
+import { createTap, deleteLink } from '../network/tap.js';
 import { validateTag } from '../snapshot/tag.js';
 import { currentAccel } from '../host/accel.js';
 import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
@@ -150,20 +152,31 @@ async function startChild(
   machine: MachineConfig,
   workDir: string,
   template: string,
+  memoryFile: string,
   index: number,
   runId: string,
   accel: string,
   onVm: (vm: QemuVm) => void,
+  onTap: (tap: string) => void,
 ): Promise<RunningChild> {
   const id = `${runId}-${index}`;
   const dir = path.join(workDir, `c${index}`);
   fs.mkdirSync(dir);
   const disk = path.join(dir, 'disk.qcow2');
   fs.copyFileSync(template, disk);
+  // A NIC needs a tap of its own; the one-shot CLI leaves it unconnected (the daemon can give each
+  // sandbox its own network namespace).
+  let tap: string | undefined;
+  if (machine.net === 'virtio') {
+    tap = `fkc${runId}${index.toString(36)}`.slice(0, 15);
+    await createTap(tap);
+    onTap(tap);
+  }
   const { vm, timings } = await vmm.restore({
     machine,
     workDir: dir,
-    memoryFile: path.join(s.dir, s.meta.files.memory.path),
+    ...(tap ? { tap } : {}),
+    memoryFile,
     vmstateFile: path.join(s.dir, s.meta.files.vmstate.path),
     disk,
     name: `forkd-child-${id}`,
@@ -232,7 +245,7 @@ export async function fork(
   if (opts.eval !== undefined && !opts.eval.trim())
     throw new ForkdError('bad_input', '--eval must not be empty', 'e.g. --eval "1+1"');
   const s = loadSnapshot(tag);
-  checkIntegrity(s);
+  resolveChain(s);
   const vmm = new QemuVmm();
   const { accel, reason } = await checkCompatible(s, vmm);
   const workDir = createWorkDir('fork', tag);
@@ -249,6 +262,7 @@ export async function fork(
     net: s.meta.machine.net,
   };
   const vms: QemuVm[] = [];
+  const taps: string[] = [];
   const running: RunningChild[] = [];
   let tornDown = false;
   const teardown = async () => {
@@ -256,6 +270,7 @@ export async function fork(
     tornDown = true;
     for (const r of running) r.agent.close();
     await Promise.all(vms.map((vm) => vm.destroy()));
+    await Promise.all(taps.map((t) => deleteLink(t)));
     if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
   };
   const unregister = onInterrupt(teardown);
@@ -269,6 +284,7 @@ export async function fork(
     // Template overlay made once, copied per child (qemu-img per child costs ~10 ms each).
     const template = path.join(workDir, 'overlay-template.qcow2');
     await createOverlay(template, path.join(s.dir, s.meta.files.disk.path), 'qcow2');
+    const memoryFile = await memoryImage(s);
     const limit = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
     let next = 1;
     const worker = async () => {
@@ -277,8 +293,18 @@ export async function fork(
         if (i > n) return;
         let rep1: ChildReport;
         try {
-          const child = await startChild(vmm, s, machine, workDir, template, i, runId, accel, (vm) =>
-            vms.push(vm),
+          const child = await startChild(
+            vmm,
+            s,
+            machine,
+            workDir,
+            template,
+            memoryFile,
+            i,
+            runId,
+            accel,
+            (vm) => vms.push(vm),
+            (t) => taps.push(t),
           );
           running.push(child);
           rep1 = child.report;

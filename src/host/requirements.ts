@@ -20,6 +20,12 @@ export const REQUIREMENTS: Requirement[] = [
   { pkg: 'xz-utils', why: 'decompressing the guest kernel', provides: 'xz' },
   { pkg: 'zstd', why: 'snapshot packs', provides: 'zstd' },
   { pkg: 'iproute2', why: 'network namespaces and taps', provides: 'ip' },
+  { pkg: 'iptables', why: 'NAT for per-sandbox network namespaces', provides: 'iptables' },
+  {
+    pkg: 'util-linux',
+    why: 'punching zero pages out of memory files (fallocate --dig-holes)',
+    provides: 'fallocate',
+  },
 ];
 
 export function isProvided(r: Requirement): boolean {

@@ -5,6 +5,12 @@
  *   POST /v1/identity  Identity  -> IdentityResult   (after every restore: who the child is now)
  *   POST /v1/exec      ExecRequest -> NDJSON stream of ExecEvent lines
  *   POST /v1/eval      EvalRequest -> EvalResult
+ *   GET  /v1/files?path=P            -> file bytes (streamed)
+ *   PUT  /v1/files?path=P[&mode=OCT] <- file bytes (streamed) -> FileEntry
+ *   GET  /v1/files/list?path=P[&depth=N] -> { entries: FileEntry[] }
+ *   GET  /v1/files/stat?path=P       -> FileEntry
+ *   POST /v1/files/remove { path, recursive? } -> { removed }
+ *   POST /v1/files/mkdir  { path }   -> FileEntry
  */
 export const AGENT_API_VERSION = 1;
 
@@ -94,4 +100,13 @@ export interface EvalResult {
 
 export interface AgentErrorBody {
   error: string;
+}
+
+export interface FileEntry {
+  name: string;
+  path: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode: number;
+  mtime_ms: number;
 }

@@ -21,6 +21,8 @@ import { createWorkDir, writeOwner } from '../fork/workdir.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
 import { snapshotDir, snapshotExists } from './store.js';
+import { createTap, deleteLink } from '../network/tap.js';
+import { randomBytes } from 'node:crypto';
 
 export interface CreateSnapshotOptions {
   tag: string;
@@ -41,6 +43,8 @@ export interface CreateSnapshotOptions {
   /** Code evaluated in the parent's warm Python interpreter before the snapshot (imports, models, state). */
   warmupEval?: string;
   keepWorkdir?: boolean;
+  /** Give the guest a virtio-net NIC (10.42.0.2/24); children then each get their own tap. */
+  net?: boolean;
 }
 
 export interface CreateSnapshotResult {
@@ -126,7 +130,10 @@ export async function createSnapshot(
       'free some space (forkd images, forkd rmi TAG) or set XDG_DATA_HOME to a larger disk',
     );
 
-  const machine: MachineConfig = { accel: accel.accel, vcpus, memMib, net: 'none' };
+  const net = opts.net ? 'virtio' : 'none';
+  const machine: MachineConfig = { accel: accel.accel, vcpus, memMib, net };
+  // The parent's NIC needs a tap of the same kind the children will get; it is not connected anywhere.
+  const parentTap = opts.net ? `fkp${randomBytes(4).toString('hex')}` : undefined;
   const vmm = new QemuVmm();
   const qemuVersion = await vmm.version();
   fs.mkdirSync(snapshotsDir(), { recursive: true });
@@ -138,6 +145,7 @@ export async function createSnapshot(
   const teardown = async () => {
     agent?.close();
     await vm?.destroy();
+    if (parentTap) await deleteLink(parentTap);
     fs.rmSync(staging, { recursive: true, force: true });
     if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
   };
@@ -145,6 +153,7 @@ export async function createSnapshot(
   const t0 = performance.now();
   const timings: Record<string, number> = {};
   try {
+    if (parentTap) await createTap(parentTap);
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
     const bootTimeout = (opts.bootTimeoutSecs ?? (accel.accel === 'tcg' ? 180 : 60)) * 1000;
@@ -158,6 +167,7 @@ export async function createSnapshot(
         cmdline: GUEST_CMDLINE,
         memoryFile: path.join(staging, 'memory.bin'),
         disk: path.join(staging, 'disk.qcow2'),
+        ...(parentTap ? { tap: parentTap } : {}),
       },
       {
         timeoutMs: bootTimeout,
@@ -213,6 +223,7 @@ export async function createSnapshot(
     // The parent must never run again on this memory file: children map it MAP_PRIVATE.
     await vm.destroy();
     vm = undefined;
+    if (parentTap) await deleteLink(parentTap);
 
     rep.step('hashing snapshot files');
     const th = performance.now();
@@ -221,6 +232,7 @@ export async function createSnapshot(
       memory: {
         ...(await fileEntry(staging, 'memory.bin', rep)),
         allocated: fs.statSync(path.join(staging, 'memory.bin')).blocks * 512,
+        kind: 'full' as const,
       },
       disk: { ...(await fileEntry(staging, 'disk.qcow2')), backing: 'base.ext4' },
       base:
@@ -239,7 +251,7 @@ export async function createSnapshot(
       vmm: { kind: 'qemu', version: qemuVersion },
       accelerator: accel.accel,
       accelerator_reason: accel.reason,
-      machine: { accel: accel.accel, vcpus, mem_mib: memMib, net: 'none' },
+      machine: { accel: accel.accel, vcpus, mem_mib: memMib, net },
       guest: {
         recipe: image && !opts.rootfs ? image.recipe : null,
         image_key: image?.key ?? null,
@@ -251,6 +263,7 @@ export async function createSnapshot(
         warmup_eval: opts.warmupEval ?? null,
       },
       files,
+      origin: { kind: 'boot', sandbox_id: null, source_tag: null, mode: null, pause_ms: null },
       lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },
       timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
     };
@@ -304,7 +317,7 @@ async function waitPythonReady(agent: AgentClient, vm: QemuVm, timeoutMs: number
   }
 }
 
-async function fileEntry(dir: string, name: string, rep?: Reporter): Promise<SnapshotFile> {
+export async function fileEntry(dir: string, name: string, rep?: Reporter): Promise<SnapshotFile> {
   const p = path.join(dir, name);
   const st = fs.statSync(p);
   const sha256 = await sha256File(p, rep ? (done) => rep.progress(name, done, st.size) : undefined);

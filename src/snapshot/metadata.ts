@@ -25,7 +25,7 @@ export const SnapshotMeta = z.object({
     accel: z.enum(['kvm', 'tcg']),
     vcpus: z.number().int().positive(),
     mem_mib: z.number().int().positive(),
-    net: z.literal('none'),
+    net: z.enum(['none', 'virtio']),
   }),
   guest: z.object({
     recipe: z.string().nullable(),
@@ -39,12 +39,31 @@ export const SnapshotMeta = z.object({
   }),
   files: z.object({
     vmstate: FileEntry,
-    memory: FileEntry.extend({ allocated: z.number().int().nonnegative() }),
+    /**
+     * Guest RAM. 'full': a memory image children map directly. 'diff': only the pages that differ from
+     * the parent snapshot's memory (see memdiff.ts); children map an image assembled once and cached.
+     */
+    memory: FileEntry.extend({
+      allocated: z.number().int().nonnegative(),
+      kind: z.enum(['full', 'diff']).default('full'),
+      logical_size: z.number().int().nonnegative().optional(),
+    }),
     /** The frozen qcow2 layer the parent wrote; children stack their own overlay on it. */
     disk: FileEntry.extend({ backing: z.string() }),
     /** The read-only raw root filesystem under `disk` (hard link to the built image). */
     base: FileEntry,
   }),
+  /** How the snapshot was made: booted parent, or branched from a running sandbox. */
+  origin: z
+    .object({
+      kind: z.enum(['boot', 'branch', 'compact', 'unpack']),
+      sandbox_id: z.string().nullable().default(null),
+      source_tag: z.string().nullable().default(null),
+      mode: z.enum(['full', 'diff', 'live']).nullable().default(null),
+      pause_ms: z.number().nullable().default(null),
+    })
+    .default({ kind: 'boot', sandbox_id: null, source_tag: null, mode: null, pause_ms: null }),
+  /** The data parent: a 'diff' snapshot cannot be restored without it (pinned by content hash). */
   lineage: z.object({
     parent_tag: z.string().nullable(),
     parent_content_hash: z.string().nullable(),

@@ -6,6 +6,10 @@ export type ErrorCode =
   | 'bad_input'
   | 'not_found'
   | 'exists'
+  /** the request conflicts with the current state (busy sandbox, snapshot still writing, dependents) */
+  | 'conflict'
+  /** a capacity limit was hit; retry later */
+  | 'busy'
   | 'host_unsupported'
   | 'out_of_space'
   | 'incompatible_snapshot'

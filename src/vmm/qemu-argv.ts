@@ -9,7 +9,14 @@ export interface QemuPaths {
   consoleLog: string;
   memoryFile: string;
   disk: string;
+  /** Host tap interface name; required when the machine has a NIC. */
+  tap?: string | undefined;
 }
+
+/** Every guest NIC has the same MAC and IP: each child is alone on its own tap / namespace. */
+export const GUEST_MAC = 'aa:fc:00:00:00:01';
+export const GUEST_IP = '10.42.0.2';
+export const GUEST_GATEWAY = '10.42.0.1';
 
 /** Flags every forkd QEMU gets: no default devices or config files, no display, exit on guest reboot. */
 export const BASE_FLAGS = ['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot'];
@@ -48,6 +55,18 @@ export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): str
     `socket,id=agent,path=${escapeOpt(p.agentSocket)},server=on,wait=off`,
     '-device',
     `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+    ...netArgs(m, p),
+  ];
+}
+
+function netArgs(m: MachineConfig, p: QemuPaths): string[] {
+  if (m.net === 'none') return [];
+  if (!p.tap) throw new Error('a machine with a NIC needs a tap interface');
+  return [
+    '-netdev',
+    `tap,id=net0,ifname=${escapeOpt(p.tap)},script=no,downscript=no,vnet_hdr=on`,
+    '-device',
+    `virtio-net-device,netdev=net0,mac=${GUEST_MAC}`,
   ];
 }
 

@@ -2,9 +2,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ForkdError } from '../util/errors.js';
-import { run } from '../util/proc.js';
+import { run, sameProcessAlive } from '../util/proc.js';
 import { QmpClient } from './qmp.js';
-import { childArgs, parentArgs, type QemuPaths } from './qemu-argv.js';
+import { childArgs, machineArgs, parentArgs, type QemuPaths } from './qemu-argv.js';
 import type { BootSpec, RestoreSpec, RestoreTimings, SnapshotResult, Vmm, VmHandle } from './types.js';
 
 export function qemuBinary(): string {
@@ -21,35 +21,60 @@ export function workPaths(workDir: string, memoryFile: string, disk: string): Qe
   };
 }
 
-/** One running QEMU process and its QMP connection. */
+/** One running QEMU process and its QMP connection: started by us, or adopted after a daemon restart. */
 export class QemuVm implements VmHandle {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private alive = true;
   qmp: QmpClient | undefined;
+  private stopWatch: (() => void) | undefined;
 
-  constructor(
-    readonly child: ChildProcess,
+  private constructor(
+    readonly pid: number,
     readonly workDir: string,
     readonly paths: QemuPaths,
+    exited: (done: (r: { code: number | null; signal: NodeJS.Signals | null }) => void) => void,
   ) {
     this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
+      exited((r) => {
+        if (!this.alive) return;
         this.alive = false;
         this.qmp?.close();
-        resolve({ code, signal });
-      });
-      child.once('error', () => {
-        this.alive = false;
-        resolve({ code: null, signal: null });
+        resolve(r);
       });
     });
   }
 
-  get pid(): number {
-    return this.child.pid ?? -1;
+  static fromChild(child: ChildProcess, workDir: string, paths: QemuPaths): QemuVm {
+    return new QemuVm(child.pid ?? -1, workDir, paths, (done) => {
+      child.once('exit', (code, signal) => done({ code, signal }));
+      child.once('error', () => done({ code: null, signal: null }));
+    });
   }
+
+  /**
+   * Take over a QEMU this process did not start (a daemon restart). Its exit is noticed by polling the
+   * pid together with its start time, so a recycled pid is not mistaken for the VM.
+   */
+  static adopt(pid: number, startTime: number | undefined, workDir: string, paths: QemuPaths): QemuVm {
+    let timer: NodeJS.Timeout | undefined;
+    const vm = new QemuVm(pid, workDir, paths, (done) => {
+      timer = setInterval(() => {
+        if (!sameProcessAlive({ pid, start: startTime })) {
+          clearInterval(timer);
+          done({ code: null, signal: null });
+        }
+      }, 500);
+      timer.unref();
+    });
+    vm.stopWatch = () => clearInterval(timer);
+    return vm;
+  }
+
   get agentSocket(): string {
     return this.paths.agentSocket;
+  }
+  get qmpSocket(): string {
+    return this.paths.qmpSocket;
   }
   get consoleLog(): string {
     return this.paths.consoleLog;
@@ -80,6 +105,12 @@ export class QemuVm implements VmHandle {
     return this.qmp;
   }
 
+  /** Forget the VM without stopping it (a daemon shutting down leaves sandboxes running). */
+  release(): void {
+    this.stopWatch?.();
+    this.qmp?.close();
+  }
+
   async destroy(opts: { graceful?: boolean } = {}): Promise<void> {
     if (!this.alive) return;
     if (opts.graceful && this.qmp && !this.qmp.isClosed) {
@@ -98,6 +129,12 @@ export class QemuVm implements VmHandle {
     }
     await this.exited;
   }
+}
+
+/** A child QEMU that has been started and waits for its device state (`-incoming defer`). */
+export interface PendingRestore {
+  vm: QemuVm;
+  spawnMs: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -133,11 +170,11 @@ export class QemuVmm implements Vmm {
     });
     fs.closeSync(log);
     fs.writeFileSync(path.join(workDir, 'qemu.pid'), `${child.pid}\n`);
-    return new QemuVm(child, workDir, paths);
+    return QemuVm.fromChild(child, workDir, paths);
   }
 
   async boot(spec: BootSpec): Promise<QemuVm> {
-    const paths = workPaths(spec.workDir, spec.memoryFile, spec.disk);
+    const paths = { ...workPaths(spec.workDir, spec.memoryFile, spec.disk), tap: spec.tap };
     const argv = [
       ...parentArgs(spec.machine, paths, spec.kernel, spec.initrd, spec.cmdline),
       '-name',
@@ -164,8 +201,12 @@ export class QemuVmm implements Vmm {
     return { pauseMs, stopMs: tStop - t0, vmstateBytes: fs.statSync(vmstateFile).size };
   }
 
-  async restore(spec: RestoreSpec): Promise<{ vm: QemuVm; timings: RestoreTimings }> {
-    const paths = workPaths(spec.workDir, spec.memoryFile, spec.disk);
+  /**
+   * Start a child QEMU that maps the snapshot's RAM and waits for its device state. Split from
+   * `completeRestore` so a warm pool can do this part ahead of time.
+   */
+  async prestart(spec: RestoreSpec): Promise<PendingRestore> {
+    const paths = { ...workPaths(spec.workDir, spec.memoryFile, spec.disk), tap: spec.tap };
     const argv = [...childArgs(spec.machine, paths), '-name', spec.name];
     const t0 = performance.now();
     // The device state travels as an inherited fd (fd 3): no shell, no copy.
@@ -178,30 +219,72 @@ export class QemuVmm implements Vmm {
     }
     try {
       const qmp = await vm.connectQmp(30_000);
-      const tQmp = performance.now();
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [{ capability: 'x-ignore-shared', state: true }],
       });
+    } catch (e) {
+      await vm.destroy();
+      throw restoreError(e, vm);
+    }
+    return { vm, spawnMs: performance.now() - t0 };
+  }
+
+  /** Load the device state a prestarted child was given and let it run. */
+  async completeRestore(p: PendingRestore): Promise<{ vm: QemuVm; timings: RestoreTimings }> {
+    const { vm } = p;
+    try {
+      const qmp = vm.qmp!;
+      const t0 = performance.now();
       await qmp.execute('migrate-incoming', { uri: 'fd:3' });
       await waitMigration(qmp, 60_000, () => vm.qemuLog());
       const tLoad = performance.now();
       await qmp.execute('cont');
       const tCont = performance.now();
-      return { vm, timings: { spawnMs: tQmp - t0, loadMs: tLoad - tQmp, contMs: tCont - tLoad } };
+      return { vm, timings: { spawnMs: p.spawnMs, loadMs: tLoad - t0, contMs: tCont - tLoad } };
     } catch (e) {
       await vm.destroy();
-      const log = vm.qemuLog();
-      if (e instanceof ForkdError) throw e;
-      throw new ForkdError(
-        'vmm_failed',
-        `restore failed: ${(e as Error).message}${log ? `\nQEMU said: ${log}` : ''}`,
-      );
+      throw restoreError(e, vm);
     }
+  }
+
+  async restore(spec: RestoreSpec): Promise<{ vm: QemuVm; timings: RestoreTimings }> {
+    return this.completeRestore(await this.prestart(spec));
+  }
+
+  /** Start a QEMU for offline work on a snapshot (normalizing a branch stream): paused, waiting. */
+  async startIncoming(
+    machine: RestoreSpec['machine'],
+    workDir: string,
+    memoryFile: string,
+    disk: string,
+    tap?: string,
+  ): Promise<QemuVm> {
+    const paths = { ...workPaths(workDir, memoryFile, disk), tap };
+    const argv = [
+      ...machineArgs(machine, paths, true),
+      '-incoming',
+      'defer',
+      '-S',
+      '-name',
+      'forkd-normalize',
+    ];
+    const vm = this.start(workDir, paths, argv);
+    await vm.connectQmp(30_000);
+    return vm;
   }
 }
 
+function restoreError(e: unknown, vm: QemuVm): ForkdError {
+  if (e instanceof ForkdError) return e;
+  const log = vm.qemuLog();
+  return new ForkdError(
+    'vmm_failed',
+    `restore failed: ${(e as Error).message}${log ? `\nQEMU said: ${log}` : ''}`,
+  );
+}
+
 /** Poll query-migrate until the migration (either direction) completes. */
-async function waitMigration(qmp: QmpClient, timeoutMs: number, diag?: () => string): Promise<void> {
+export async function waitMigration(qmp: QmpClient, timeoutMs: number, diag?: () => string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 0.5;
   for (;;) {

@@ -9,9 +9,15 @@ export interface MachineConfig {
   accel: Accel;
   vcpus: number;
   memMib: number;
-  /** Guest network device. 'none' = no NIC; control always goes over the virtio-serial agent port. */
-  net: 'none';
+  /**
+   * Guest network device. 'none' = no NIC; 'virtio' = one virtio-net NIC on a host tap (every child
+   * gets its own tap, optionally alone in its own network namespace). Control always goes over the
+   * virtio-serial agent port, so it works with no network at all.
+   */
+  net: NetMode;
 }
+
+export type NetMode = 'none' | 'virtio';
 
 export interface BootSpec {
   machine: MachineConfig;
@@ -23,6 +29,8 @@ export interface BootSpec {
   memoryFile: string;
   /** Root disk (qcow2) the guest boots and writes on. */
   disk: string;
+  /** Host tap interface for the NIC (machine.net === 'virtio'). */
+  tap?: string;
   /** Called with each console line while booting (progress, diagnostics). */
   onConsole?: (line: string) => void;
 }
@@ -35,6 +43,8 @@ export interface RestoreSpec {
   /** The child's private qcow2 overlay over the snapshot's frozen disk layer. */
   disk: string;
   name: string;
+  /** Host tap interface for the NIC (machine.net === 'virtio'). */
+  tap?: string;
 }
 
 export interface SnapshotResult {
@@ -57,6 +67,7 @@ export interface VmHandle {
   readonly pid: number;
   readonly workDir: string;
   readonly agentSocket: string;
+  readonly qmpSocket: string;
   readonly consoleLog: string;
   /** Resolves when the VMM process has exited. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;

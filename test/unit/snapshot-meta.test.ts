@@ -39,10 +39,11 @@ export function sampleMeta(tag: string, files: Record<string, { size: number; mt
     },
     files: {
       vmstate: f('vmstate', 'vmstate'),
-      memory: { ...f('memory', 'memory.bin'), allocated: 0 },
+      memory: { ...f('memory', 'memory.bin'), allocated: 0, kind: 'full' },
       disk: { ...f('disk', 'disk.qcow2'), backing: 'base.ext4' },
       base: f('base', 'base.ext4'),
     },
+    origin: { kind: 'boot', sandbox_id: null, source_tag: null, mode: null, pause_ms: null },
     lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },
     timings: { pause_ms: 6 },
   };

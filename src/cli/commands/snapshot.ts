@@ -21,6 +21,7 @@ interface SnapshotOpts {
   warmup?: string;
   warmupEval?: string;
   keepWorkdir?: boolean;
+  net?: boolean;
   json?: boolean;
 }
 
@@ -65,6 +66,10 @@ export function registerSnapshot(program: Command): void {
       '--warmup-eval <code>',
       "Python code run in the parent's warm interpreter before the snapshot (state every child inherits)",
     )
+    .option(
+      '--net',
+      'give the guest a NIC (10.42.0.2/24); sandboxes can then get their own network namespace',
+    )
     .option('--keep-workdir', "keep the parent's work dir (console log, sockets)")
     .option('--json', 'machine-readable output')
     .action(async (o: SnapshotOpts) => {
@@ -84,6 +89,7 @@ export function registerSnapshot(program: Command): void {
             ...(o.warmup !== undefined ? { warmup: o.warmup } : {}),
             ...(o.warmupEval !== undefined ? { warmupEval: o.warmupEval } : {}),
             keepWorkdir: Boolean(o.keepWorkdir),
+            net: Boolean(o.net),
           },
           stderrReporter(),
         );

@@ -19,6 +19,15 @@ import { runExec, validateExec } from './exec.js';
 import { PythonWorker } from './python.js';
 import { evalJs } from './jseval.js';
 import { applyIdentity, validateIdentity } from './identity.js';
+import {
+  checkPath,
+  listRoute,
+  mkdirRoute,
+  readFileRoute,
+  removeRoute,
+  statRoute,
+  writeFileRoute,
+} from './files.js';
 
 const PORT_NAME = 'org.forkd.agent';
 const MAX_BODY = 64 << 20;
@@ -72,6 +81,29 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
   const method = headers[':method'];
   const path = String(headers[':path'] ?? '');
   const route = `${method} ${path.split('?')[0]}`;
+  const query = new URLSearchParams(path.includes('?') ? path.slice(path.indexOf('?') + 1) : '');
+  if (
+    route === 'GET /v1/files' ||
+    route === 'PUT /v1/files' ||
+    route === 'GET /v1/files/list' ||
+    route === 'GET /v1/files/stat'
+  ) {
+    const p = checkPath(query.get('path'));
+    if (!p) return sendJson(stream, 400, { error: '"path" must be an absolute path' });
+    if (route === 'GET /v1/files') return readFileRoute(stream, p, sendJson);
+    if (route === 'GET /v1/files/stat') return statRoute(stream, p, sendJson);
+    if (route === 'GET /v1/files/list') {
+      const depth = Number(query.get('depth') ?? '1');
+      if (!Number.isInteger(depth) || depth < 1 || depth > 64)
+        return sendJson(stream, 400, { error: '"depth" must be 1..64' });
+      return listRoute(stream, p, depth, sendJson);
+    }
+    const modeStr = query.get('mode');
+    const mode = modeStr === null ? undefined : Number.parseInt(modeStr, 8);
+    if (mode !== undefined && !(mode >= 0 && mode <= 0o7777))
+      return sendJson(stream, 400, { error: '"mode" must be octal, e.g. 644' });
+    return writeFileRoute(stream, p, mode, sendJson);
+  }
   let body: Record<string, unknown> = {};
   if (method === 'POST') {
     try {
@@ -139,6 +171,13 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       } catch (e) {
         return sendJson(stream, 503, { error: `python: ${(e as Error).message}` });
       }
+    }
+    case 'POST /v1/files/remove':
+    case 'POST /v1/files/mkdir': {
+      const p = checkPath(body.path);
+      if (!p) return sendJson(stream, 400, { error: '"path" must be an absolute path' });
+      if (route === 'POST /v1/files/mkdir') return mkdirRoute(stream, p, sendJson);
+      return removeRoute(stream, p, body.recursive === true, sendJson);
     }
     default:
       return sendJson(stream, 404, { error: `no such route: ${route}` });

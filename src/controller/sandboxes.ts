@@ -1,0 +1,365 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ForkdError, errorMessage } from '../util/errors.js';
+import { pidStartTime, sameProcessAlive } from '../util/proc.js';
+import { runDir } from '../util/paths.js';
+import { QemuVm, QemuVmm, workPaths } from '../vmm/qemu.js';
+import { GUEST_IP } from '../vmm/qemu-argv.js';
+import { AgentClient } from '../agent-client/client.js';
+import type { IdentityResult } from '../protocol/agent-api.js';
+import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { residentImage, resolveChain } from '../snapshot/assemble.js';
+import { checkCompatible } from '../fork/fork.js';
+import { deleteLink } from '../network/tap.js';
+import { allocIndex, netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
+import { limitMemory, oomKilled, removeCgroup } from '../host/cgroup.js';
+import { discardPrepared, prepareChild, SANDBOX_DIR_PREFIX, type Prepared, type WarmPool } from './pool.js';
+import type { SandboxRecord, StateStore } from './state.js';
+
+export interface SpawnOptions {
+  snapshot_tag: string;
+  per_child_netns: boolean;
+  memory_limit_mib: number | null;
+  timeout_secs: number | null;
+  envs: Record<string, string>;
+  metadata: Record<string, string>;
+  workspace?: string | null;
+}
+
+export interface SpawnTimings {
+  spawn_ms: number;
+  load_ms: number;
+  cont_ms: number;
+  agent_ms: number;
+  identity_ms: number;
+  ready_ms: number;
+  from_pool: boolean;
+}
+
+export interface LiveSandbox {
+  rec: SandboxRecord;
+  vm: QemuVm;
+  agent?: AgentClient;
+  connecting?: Promise<AgentClient>;
+  /** set while a branch or suspend holds the sandbox */
+  busy: string | null;
+  exited?: { reason: string; at_unix: number };
+}
+
+export interface ManagerEvents {
+  log: (msg: string) => void;
+  onExit?: (id: string, reason: string) => void;
+}
+
+const nowUnix = () => Math.floor(Date.now() / 1000);
+
+/**
+ * Owns every sandbox: spawning (from the warm pool when it can), the agent connection (one HTTP/2
+ * session per sandbox, reconnected on demand), network namespace, memory cgroup, TTL, teardown, and
+ * re-adopting sandboxes that outlived a previous daemon.
+ */
+export class SandboxManager {
+  readonly live = new Map<string, LiveSandbox>();
+  /** Sandboxes that died on their own (OOM, crash): kept briefly so clients see why. */
+  readonly exited = new Map<string, LiveSandbox>();
+  private readonly vmm = new QemuVmm();
+
+  constructor(
+    private readonly state: StateStore,
+    private readonly pool: WarmPool,
+    private readonly ev: ManagerEvents,
+  ) {}
+
+  /** The snapshot to spawn from, checked and with its memory image resolved (assembled for chains). */
+  async resolveSnapshot(tag: string): Promise<{ s: LoadedSnapshot; memoryFile: string }> {
+    const s = loadSnapshot(tag);
+    resolveChain(s);
+    await checkCompatible(s, this.vmm);
+    return { s, memoryFile: await residentImage(s) };
+  }
+
+  async spawnOne(
+    s: LoadedSnapshot,
+    memoryFile: string,
+    opts: SpawnOptions,
+  ): Promise<{ rec: SandboxRecord; timings: SpawnTimings; identity: IdentityResult }> {
+    const t0 = performance.now();
+    let prepared: Prepared | undefined = this.pool.take(s);
+    const fromPool = prepared !== undefined;
+    if (!prepared) prepared = await prepareChild(s, memoryFile);
+    const { id, dir, tap } = prepared;
+    const vm = prepared.pending.vm;
+    let cgroup: string | null = null;
+    let net: ReturnType<typeof netFor> | undefined;
+    try {
+      if (opts.memory_limit_mib) cgroup = limitMemory(id, vm.pid, opts.memory_limit_mib);
+      if (opts.per_child_netns) {
+        if (!tap)
+          throw new ForkdError(
+            'bad_input',
+            `snapshot '${s.tag}' has no network device, so per_child_netns cannot give its children a network`,
+            'create the snapshot with a NIC (forkd snapshot --net, or "net": true in POST /v1/snapshots)',
+          );
+        net = netFor(id.slice(3, 15), this.allocNetIndex());
+        await setupChildNet(net, tap);
+      }
+      const { timings } = await this.vmm.completeRestore(prepared.pending);
+      const tAgent0 = performance.now();
+      const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 60_000 });
+      const tAgent = performance.now();
+      const identity = await agent.identity({
+        sandbox_id: id,
+        hostname: id,
+        time_unix_ns: String(BigInt(Date.now()) * 1_000_000n),
+        seed_hex: randomBytes(64).toString('hex'),
+      });
+      const tId = performance.now();
+      const created = nowUnix();
+      const rec: SandboxRecord = {
+        id,
+        snapshot_tag: s.tag,
+        created_at_unix: created,
+        pid: vm.pid,
+        pid_start: pidStartTime(vm.pid) ?? null,
+        work_dir: dir,
+        memory_file: memoryFile,
+        active_disk: prepared.disk,
+        disk_generation: 0,
+        tap: tap ?? null,
+        netns: net?.netns ?? null,
+        net_index: net?.index ?? null,
+        guest_addr: tap ? GUEST_IP : null,
+        memory_limit_mib: opts.memory_limit_mib,
+        cgroup,
+        has_branched: false,
+        last_branch_memory_path: null,
+        branch_count: 0,
+        timeout_secs: opts.timeout_secs,
+        expires_at_unix: opts.timeout_secs ? created + opts.timeout_secs : null,
+        envs: opts.envs,
+        metadata: opts.metadata,
+        workspace: opts.workspace ?? null,
+      };
+      const live: LiveSandbox = { rec, vm, agent, busy: null };
+      this.live.set(id, live);
+      this.watchExit(live);
+      this.state.sandboxes.set(id, rec);
+      this.state.save();
+      const r1 = (n: number) => Math.round(n * 10) / 10;
+      return {
+        rec,
+        identity,
+        timings: {
+          spawn_ms: r1(fromPool ? 0 : timings.spawnMs),
+          load_ms: r1(timings.loadMs),
+          cont_ms: r1(timings.contMs),
+          agent_ms: r1(tAgent - tAgent0),
+          identity_ms: r1(tId - tAgent),
+          ready_ms: r1(tId - t0),
+          from_pool: fromPool,
+        },
+      };
+    } catch (e) {
+      await discardPrepared(prepared);
+      if (net) await teardownChildNet(net);
+      if (cgroup) await removeCgroup(cgroup);
+      throw e;
+    } finally {
+      if (net) this.reservedNet.delete(net.index);
+    }
+  }
+
+  /** Net slots taken by spawns still in progress (not yet in the state). */
+  private readonly reservedNet = new Set<number>();
+
+  private allocNetIndex(): number {
+    const used: number[] = [...this.reservedNet];
+    for (const r of this.state.sandboxes.values()) if (r.net_index !== null) used.push(r.net_index);
+    const i = allocIndex(used);
+    this.reservedNet.add(i);
+    return i;
+  }
+
+  private watchExit(live: LiveSandbox): void {
+    void live.vm.exited.then(async () => {
+      if (this.live.get(live.rec.id) !== live) return; // destroyed on purpose
+      const reason = live.rec.cgroup && oomKilled(live.rec.cgroup) ? 'oom-killed (memory limit)' : 'exited';
+      this.ev.log(`sandbox ${live.rec.id} ${reason}`);
+      live.exited = { reason, at_unix: nowUnix() };
+      this.live.delete(live.rec.id);
+      this.exited.set(live.rec.id, live);
+      await this.release(live.rec);
+      this.state.sandboxes.delete(live.rec.id);
+      this.state.save();
+      this.ev.onExit?.(live.rec.id, reason);
+    });
+  }
+
+  get(id: string): LiveSandbox {
+    const l = this.live.get(id);
+    if (l) return l;
+    const dead = this.exited.get(id);
+    if (dead)
+      throw new ForkdError(
+        'conflict',
+        `sandbox ${id} is no longer running: ${dead.exited!.reason}`,
+        'spawn a new sandbox; DELETE this one to forget it',
+      );
+    throw new ForkdError('not_found', `sandbox ${id} not found`, 'list sandboxes with GET /v1/sandboxes');
+  }
+
+  /** The sandbox's agent connection (made on first use, remade if it broke). */
+  async agent(id: string): Promise<AgentClient> {
+    const l = this.get(id);
+    if (l.agent?.usable) return l.agent;
+    if (!l.connecting) {
+      l.agent?.close();
+      l.agent = undefined;
+      l.connecting = AgentClient.connect(l.vm.agentSocket, { timeoutMs: 30_000 })
+        .then((a) => {
+          l.agent = a;
+          return a;
+        })
+        .finally(() => (l.connecting = undefined));
+    }
+    return l.connecting;
+  }
+
+  /** Kill a sandbox and free everything it had. */
+  async destroy(id: string): Promise<void> {
+    const l = this.live.get(id);
+    if (!l) {
+      if (this.exited.delete(id)) return;
+      throw new ForkdError('not_found', `sandbox ${id} not found`, 'list sandboxes with GET /v1/sandboxes');
+    }
+    if (l.busy)
+      throw new ForkdError('conflict', `sandbox ${id} is busy (${l.busy}); try again when it finishes`);
+    this.live.delete(id);
+    l.agent?.close();
+    await l.vm.destroy();
+    await this.release(l.rec);
+    this.state.sandboxes.delete(id);
+    this.state.save();
+  }
+
+  private async release(rec: SandboxRecord): Promise<void> {
+    if (rec.netns && rec.net_index !== null)
+      await teardownChildNet(netFor(rec.id.slice(3, 15), rec.net_index));
+    else if (rec.tap) await deleteLink(rec.tap);
+    if (rec.cgroup) await removeCgroup(rec.cgroup);
+    fs.rmSync(rec.work_dir, { recursive: true, force: true });
+  }
+
+  /**
+   * After a daemon (re)start: take over every recorded sandbox whose QEMU still runs (QMP reconnect;
+   * the agent reconnects on first use), and clean up after those that died meanwhile. Work dirs of
+   * sandboxes the state does not know (a crash mid-spawn, old pool children) are removed.
+   */
+  async adoptAll(): Promise<{ adopted: string[]; gone: string[] }> {
+    const adopted: string[] = [];
+    const gone: string[] = [];
+    for (const rec of [...this.state.sandboxes.values()]) {
+      const alive = sameProcessAlive({ pid: rec.pid, start: rec.pid_start ?? undefined });
+      if (alive) {
+        const paths = {
+          ...workPaths(rec.work_dir, rec.memory_file, rec.active_disk),
+          tap: rec.tap ?? undefined,
+        };
+        const vm = QemuVm.adopt(rec.pid, rec.pid_start ?? undefined, rec.work_dir, paths);
+        try {
+          await vm.connectQmp(5000);
+          const live: LiveSandbox = { rec, vm, busy: null };
+          this.live.set(rec.id, live);
+          this.watchExit(live);
+          adopted.push(rec.id);
+          continue;
+        } catch (e) {
+          this.ev.log(
+            `sandbox ${rec.id}: QEMU runs but its QMP socket does not answer (${errorMessage(e)}); killing it`,
+          );
+          try {
+            process.kill(rec.pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+      }
+      gone.push(rec.id);
+      await this.release(rec);
+      this.state.sandboxes.delete(rec.id);
+    }
+    this.state.save();
+    this.sweepOrphanDirs();
+    return { adopted, gone };
+  }
+
+  private sweepOrphanDirs(): void {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(runDir());
+    } catch {
+      return;
+    }
+    const known = new Set([...this.state.sandboxes.values()].map((r) => path.basename(r.work_dir)));
+    for (const n of names) {
+      if (!n.startsWith(SANDBOX_DIR_PREFIX) || known.has(n)) continue;
+      const dir = path.join(runDir(), n);
+      try {
+        const pid = Number(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8'));
+        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (cmd.includes(dir)) process.kill(pid, 'SIGKILL');
+      } catch {
+        /* no process */
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+      this.ev.log(`removed leftover sandbox dir ${dir}`);
+    }
+  }
+
+  /** Kill sandboxes whose timeout passed; forget exited ones after 10 minutes. */
+  async reap(): Promise<string[]> {
+    const now = nowUnix();
+    const killed: string[] = [];
+    for (const l of [...this.live.values()]) {
+      if (l.rec.expires_at_unix !== null && l.rec.expires_at_unix <= now && !l.busy) {
+        this.ev.log(`sandbox ${l.rec.id} reached its timeout; killing it`);
+        await this.destroy(l.rec.id).catch(() => {});
+        killed.push(l.rec.id);
+      }
+    }
+    for (const [id, l] of this.exited) if (now - l.exited!.at_unix > 600) this.exited.delete(id);
+    return killed;
+  }
+
+  /** The overlay QEMU currently writes for the root disk (it changes with every branch). */
+  async activeDisk(live: LiveSandbox): Promise<string> {
+    const blocks =
+      await live.vm.qmp!.execute<Array<{ device: string; inserted?: { file: string } }>>('query-block');
+    const root = blocks.find((b) => b.device === 'root');
+    const file = root?.inserted?.file;
+    if (!file) throw new ForkdError('vmm_failed', `sandbox ${live.rec.id}: QEMU reports no root disk`);
+    if (file !== live.rec.active_disk) {
+      live.rec.active_disk = file;
+      this.state.save();
+    }
+    return file;
+  }
+
+  setTimeout(id: string, secs: number | null): SandboxRecord {
+    const l = this.get(id);
+    l.rec.timeout_secs = secs;
+    l.rec.expires_at_unix = secs === null ? null : nowUnix() + secs;
+    this.state.save();
+    return l.rec;
+  }
+
+  /** Leave every sandbox running and drop our handles (graceful daemon shutdown). */
+  releaseAll(): void {
+    for (const l of this.live.values()) {
+      l.agent?.close();
+      l.vm.release();
+    }
+    this.state.save();
+  }
+}

@@ -1,0 +1,165 @@
+import fs from 'node:fs';
+import { ForkdError } from '../util/errors.js';
+
+/**
+ * Memory diffs: the guest pages a child changed relative to the memory file it maps MAP_PRIVATE.
+ *
+ * A child's private (copy-on-write) pages are exactly those that /proc/PID/pagemap reports present
+ * (bit 63) and not file-backed (bit 61): everything else still reads from the parent's file. So
+ * "parent file + these pages" is the child's RAM, byte for byte (spike-branch §4.6), and the pages can
+ * be read through /proc/PID/mem while the VM is stopped, without streaming the whole RAM.
+ *
+ * File format (little endian): "FKDDIFF1", u64 logical size, u32 page size, u32 run count, then per run
+ * u64 first page + u32 page count, then the runs' page data in order.
+ */
+const MAGIC = Buffer.from('FKDDIFF1');
+const PAGE = 4096;
+const MAX_RUN_PAGES = 256;
+
+export interface DiffStats {
+  pages: number;
+  runs: number;
+  bytes: number;
+  pagemapMs: number;
+  copyMs: number;
+}
+
+/** Find the guest-RAM mapping of `memoryFile` in a QEMU process. */
+export function findRamMapping(pid: number, memoryFile: string): { start: number; size: number } {
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+  let best: { start: number; size: number } | undefined;
+  for (const line of maps.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+\S+\s+\d+\s+(.*)$/.exec(line);
+    if (!m || m[5]!.replace(/ \(deleted\)$/, '') !== memoryFile || Number.parseInt(m[4]!, 16) !== 0) continue;
+    const start = Number.parseInt(m[1]!, 16);
+    const size = Number.parseInt(m[2]!, 16) - start;
+    if (!best || size > best.size) best = { start, size };
+  }
+  if (!best)
+    throw new ForkdError('vmm_failed', `no mapping of ${memoryFile} in process ${pid}; cannot take a diff`);
+  return best;
+}
+
+/** Extract the private pages of `pid`'s mapping of `memoryFile` into a diff file. The VM must be stopped. */
+export function extractDiff(pid: number, memoryFile: string, out: string): DiffStats {
+  const t0 = performance.now();
+  const { start, size } = findRamMapping(pid, memoryFile);
+  const npages = Math.floor(size / PAGE);
+  const pm = fs.openSync(`/proc/${pid}/pagemap`, 'r');
+  const entries = Buffer.alloc(npages * 8);
+  try {
+    let got = 0;
+    while (got < entries.length) {
+      const n = fs.readSync(pm, entries, got, entries.length - got, (start / PAGE) * 8 + got);
+      if (n <= 0) break;
+      got += n;
+    }
+  } finally {
+    fs.closeSync(pm);
+  }
+  const runs: Array<[number, number]> = [];
+  for (let i = 0; i < npages; i++) {
+    const hi = entries.readUInt32LE(i * 8 + 4);
+    const privatePage = (hi & 0x80000000) !== 0 && (hi & 0x20000000) === 0;
+    if (!privatePage) continue;
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === i && last[1] < MAX_RUN_PAGES) last[1]++;
+    else runs.push([i, 1]);
+  }
+  const tPagemap = performance.now();
+  const header = Buffer.alloc(24 + runs.length * 12);
+  MAGIC.copy(header, 0);
+  header.writeBigUInt64LE(BigInt(npages * PAGE), 8);
+  header.writeUInt32LE(PAGE, 16);
+  header.writeUInt32LE(runs.length, 20);
+  runs.forEach(([p, c], k) => {
+    header.writeBigUInt64LE(BigInt(p), 24 + k * 12);
+    header.writeUInt32LE(c, 32 + k * 12);
+  });
+  const mem = fs.openSync(`/proc/${pid}/mem`, 'r');
+  const fd = fs.openSync(out, 'w', 0o644);
+  let pages = 0;
+  try {
+    fs.writeSync(fd, header);
+    const buf = Buffer.alloc(MAX_RUN_PAGES * PAGE);
+    for (const [p, c] of runs) {
+      const len = c * PAGE;
+      let got = 0;
+      while (got < len) {
+        const n = fs.readSync(mem, buf, got, len - got, start + p * PAGE + got);
+        if (n <= 0) throw new ForkdError('vmm_failed', `short read of guest RAM at page ${p}`);
+        got += n;
+      }
+      fs.writeSync(fd, buf, 0, len);
+      pages += c;
+    }
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(mem);
+    fs.closeSync(fd);
+  }
+  return {
+    pages,
+    runs: runs.length,
+    bytes: pages * PAGE,
+    pagemapMs: tPagemap - t0,
+    copyMs: performance.now() - tPagemap,
+  };
+}
+
+export interface DiffHeader {
+  logicalSize: number;
+  runs: Array<[number, number]>;
+  dataOffset: number;
+}
+
+export function readDiffHeader(file: string): DiffHeader {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const head = Buffer.alloc(24);
+    if (fs.readSync(fd, head, 0, 24, 0) !== 24 || !head.subarray(0, 8).equals(MAGIC))
+      throw new ForkdError('corrupt_snapshot', `${file} is not a forkd memory diff`);
+    const logicalSize = Number(head.readBigUInt64LE(8));
+    const count = head.readUInt32LE(20);
+    const table = Buffer.alloc(count * 12);
+    if (fs.readSync(fd, table, 0, table.length, 24) !== table.length)
+      throw new ForkdError('corrupt_snapshot', `${file}: truncated run table`);
+    const runs: Array<[number, number]> = [];
+    for (let k = 0; k < count; k++)
+      runs.push([Number(table.readBigUInt64LE(k * 12)), table.readUInt32LE(k * 12 + 8)]);
+    return { logicalSize, runs, dataOffset: 24 + table.length };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Write a diff's pages into `target` (a copy of the parent's memory file) at their offsets. */
+export function applyDiff(diff: string, target: string): number {
+  const h = readDiffHeader(diff);
+  const st = fs.statSync(target);
+  if (st.size !== h.logicalSize)
+    throw new ForkdError(
+      'corrupt_snapshot',
+      `memory diff ${diff} is for a ${h.logicalSize}-byte memory, but its parent's is ${st.size} bytes`,
+    );
+  const src = fs.openSync(diff, 'r');
+  const dst = fs.openSync(target, 'r+');
+  let off = h.dataOffset;
+  let pages = 0;
+  try {
+    const buf = Buffer.alloc(MAX_RUN_PAGES * PAGE);
+    for (const [p, c] of h.runs) {
+      const len = c * PAGE;
+      if (fs.readSync(src, buf, 0, len, off) !== len)
+        throw new ForkdError('corrupt_snapshot', `memory diff ${diff} is truncated`);
+      fs.writeSync(dst, buf, 0, len, p * PAGE);
+      off += len;
+      pages += c;
+    }
+    fs.fsyncSync(dst);
+  } finally {
+    fs.closeSync(src);
+    fs.closeSync(dst);
+  }
+  return pages;
+}

@@ -1,0 +1,135 @@
+import fs from 'node:fs';
+import { ForkdError } from '../util/errors.js';
+import { QemuVmm, shellQuote, waitMigration, type QemuVm } from './qemu.js';
+import type { MachineConfig } from './types.js';
+
+/**
+ * Capturing a running child (BRANCH) with what QEMU 7.2 offers natively (spike-branch §4):
+ *   full: stop, switch the disk to a new overlay, stream device state + RAM, cont. Pause = whole stream.
+ *   live: stop, switch the disk, then a `background-snapshot` migration: userfaultfd write-protect lets
+ *         QEMU resume the guest at once and copy each page before the guest's first write to it.
+ *   diff: like live, but the pages that differ from the memory file are also read (from pagemap,
+ *         while stopped): the snapshot keeps only those; the stream is used for its device state.
+ * A child's RAM is MAP_PRIVATE, so the stream always carries all RAM; `normalize` turns it into a
+ * forkable (memory file, device-only vmstate) pair.
+ */
+export type CaptureMode = 'full' | 'live' | 'diff';
+
+export interface CaptureResult {
+  /** stop → guest running again */
+  pauseMs: number;
+  /** Resolves when the stream is completely written (the source may be running already). */
+  streamDone: Promise<{ streamMs: number }>;
+}
+
+export interface CaptureSpec {
+  mode: CaptureMode;
+  stream: string;
+  /** New overlay the source continues on; its old one becomes the branch's frozen disk layer. */
+  newOverlay: string;
+  /** Runs while the guest is stopped, after the disk switch (the diff extraction). */
+  whileStopped?: () => void | Promise<void>;
+}
+
+async function setCaps(vm: QemuVm, caps: Record<string, boolean>): Promise<void> {
+  await vm.qmp!.execute('migrate-set-capabilities', {
+    capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })),
+  });
+}
+
+/** Make sure the source runs again, whatever happened (a failed branch must not leave it paused). */
+export async function ensureRunning(vm: QemuVm): Promise<void> {
+  if (!vm.isAlive() || !vm.qmp || vm.qmp.isClosed) return;
+  try {
+    const st = await vm.qmp.execute<{ status: string }>('query-status');
+    if (st.status !== 'running') await vm.qmp.execute('cont');
+  } catch {
+    /* the VM is gone or QMP broke: nothing to resume */
+  }
+}
+
+export async function captureRunning(vm: QemuVm, spec: CaptureSpec): Promise<CaptureResult> {
+  const qmp = vm.qmp!;
+  const background = spec.mode !== 'full';
+  const t0 = performance.now();
+  try {
+    await qmp.execute('stop');
+    await qmp.execute('blockdev-snapshot-sync', {
+      device: 'root',
+      'snapshot-file': spec.newOverlay,
+      format: 'qcow2',
+    });
+    await spec.whileStopped?.();
+    await setCaps(vm, { 'x-ignore-shared': false, 'background-snapshot': background });
+    const resumed = background ? qmp.waitEvent('RESUME', 60_000) : undefined;
+    resumed?.catch(() => {});
+    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(spec.stream)}` });
+    if (!background) {
+      await waitMigration(qmp, 600_000);
+      await qmp.execute('cont');
+      const pauseMs = performance.now() - t0;
+      return { pauseMs, streamDone: Promise.resolve({ streamMs: pauseMs }) };
+    }
+    await resumed;
+    const pauseMs = performance.now() - t0;
+    const streamDone = waitMigration(qmp, 600_000).then(
+      async () => {
+        await setCaps(vm, { 'background-snapshot': false });
+        return { streamMs: performance.now() - t0 };
+      },
+      async (e: unknown) => {
+        await setCaps(vm, { 'background-snapshot': false }).catch(() => {});
+        await ensureRunning(vm);
+        throw e;
+      },
+    );
+    streamDone.catch(() => {});
+    return { pauseMs, streamDone };
+  } catch (e) {
+    await ensureRunning(vm);
+    if (background) await setCaps(vm, { 'background-snapshot': false }).catch(() => {});
+    throw e instanceof ForkdError
+      ? e
+      : new ForkdError('vmm_failed', `branch capture failed: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Load a branch stream into a paused QEMU whose RAM is a new shared file, then save its device state
+ * only (`x-ignore-shared`): the same (memory file, vmstate) pair a booted parent's snapshot has.
+ */
+export async function normalizeStream(opts: {
+  machine: MachineConfig;
+  workDir: string;
+  stream: string;
+  memoryOut: string;
+  vmstateOut: string;
+  disk: string;
+  tap?: string;
+}): Promise<{ loadMs: number; saveMs: number }> {
+  const vmm = new QemuVmm();
+  const vm = await vmm.startIncoming(opts.machine, opts.workDir, opts.memoryOut, opts.disk, opts.tap);
+  try {
+    const qmp = vm.qmp!;
+    const t0 = performance.now();
+    await setCaps(vm, { 'x-ignore-shared': false });
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(opts.stream)}` });
+    await waitMigration(qmp, 600_000, () => vm.qemuLog());
+    const t1 = performance.now();
+    await setCaps(vm, { 'x-ignore-shared': true });
+    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(opts.vmstateOut)}` });
+    await waitMigration(qmp, 120_000);
+    const t2 = performance.now();
+    if (fs.statSync(opts.vmstateOut).size === 0)
+      throw new ForkdError('vmm_failed', 'normalizer wrote an empty vmstate');
+    return { loadMs: t1 - t0, saveMs: t2 - t1 };
+  } catch (e) {
+    const log = vm.qemuLog();
+    throw new ForkdError(
+      'vmm_failed',
+      `normalizing the branch failed: ${(e as Error).message}${log ? `\nQEMU said: ${log}` : ''}`,
+    );
+  } finally {
+    await vm.destroy();
+  }
+}
