@@ -5,6 +5,7 @@ import { registerParent } from './commands/parent.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerFork } from './commands/fork.js';
 import { registerQuickstart } from './commands/quickstart.js';
+import { registerDaemon } from './commands/daemon.js';
 import { fail } from './output.js';
 
 const program = new Command();
@@ -20,6 +21,7 @@ registerHost(program);
 registerParent(program);
 registerSnapshot(program);
 registerFork(program);
+registerDaemon(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError) {

@@ -1,5 +1,4 @@
 import path from 'node:path';
-import net from 'node:net';
 import { Command, CommanderError } from 'commander';
 import { forkdVersion } from '../util/project.js';
 import { dataDir } from '../util/paths.js';
@@ -7,6 +6,7 @@ import { ForkdError } from '../util/errors.js';
 import { loadToken } from './auth.js';
 import { Controller } from './controller.js';
 import { buildServer } from './server.js';
+import { isLoopback, parseBind } from './bind.js';
 
 /** `forkd-controller serve`: the daemon. Every flag also reads an environment variable. */
 const program = new Command();
@@ -18,24 +18,6 @@ program
 
 function env(name: string): string | undefined {
   return process.env[name] || undefined;
-}
-
-export function parseBind(bind: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(bind);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535)
-    throw new ForkdError(
-      'bad_input',
-      `--bind must be HOST:PORT (got '${bind}')`,
-      'e.g. --bind 127.0.0.1:8889',
-    );
-  return { host: (m[1] ?? m[2])!, port };
-}
-
-export function isLoopback(host: string): boolean {
-  if (host === 'localhost') return true;
-  if (net.isIPv4(host)) return host.startsWith('127.');
-  return host === '::1';
 }
 
 function positiveInt(name: string, v: string, min = 0): number {
@@ -116,20 +98,21 @@ program
         'pass --token-file FILE, or bind a loopback address (127.0.0.1)',
       );
     const branchConcurrency = positiveInt('--branch-concurrency', o.branchConcurrency!, 1);
-    let logRef: ((m: string) => void) | undefined;
+    // The controller logs through the server's logger, which exists only once the server is built.
+    const logTo: { fn?: (m: string) => void } = {};
     const ctl = new Controller({
       stateFile: path.resolve(o.state!),
       branchConcurrency,
       poolSize: positiveInt('--pool-size', o.poolSize!),
       poolMaxTotal: positiveInt('--pool-max', o.poolMax!),
-      log: (m) => logRef?.(m),
+      log: (m) => logTo.fn?.(m),
     });
     const app = await buildServer(ctl, {
       token,
       auditLog: o.auditLog,
       ...(o.tlsCert ? { tls: { cert: o.tlsCert, key: o.tlsKey! } } : {}),
     });
-    logRef = (m) => app.log.info(m);
+    logTo.fn = (m) => app.log.info(m);
     await ctl.start();
     await app.listen({ host, port });
     app.log.info(

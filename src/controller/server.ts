@@ -27,8 +27,6 @@ export interface ServerOptions {
   logger?: boolean | object;
 }
 
-export type App = FastifyInstance & { withTypeProvider<T>(): FastifyInstance };
-
 /** The REST API: fastify with zod-validated routes, bearer auth, audit log, metrics, OpenAPI. */
 export async function buildServer(ctl: Controller, opts: ServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -43,14 +41,14 @@ export async function buildServer(ctl: Controller, opts: ServerOptions): Promise
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => {
-    void reply
-      .status(404)
-      .send({
-        error: `no route ${req.method} ${req.url.split('?')[0]}`,
-        code: 'not_found',
-        hint: 'see GET /openapi.json',
-      });
+    void reply.status(404).send({
+      error: `no route ${req.method} ${req.url.split('?')[0]}`,
+      code: 'not_found',
+      hint: 'see GET /openapi.json',
+    });
   });
+  // JSON in, JSON out (and raw bytes for files): anything else is 415, not guessed at.
+  app.removeContentTypeParser('text/plain');
   // File uploads: the raw body stream goes straight to the guest (no buffering, no size limit here).
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
   // An empty POST with a JSON content type is an empty object, not an error (e.g. ping, resume).
@@ -78,13 +76,11 @@ export async function buildServer(ctl: Controller, opts: ServerOptions): Promise
     if (p === '/healthz' || p === '/healthz/') return;
     const r = checkBearer(req.headers.authorization, opts.token);
     if (r !== 'ok')
-      return reply
-        .status(401)
-        .send({
-          error: r === 'missing' ? 'missing bearer token' : 'invalid bearer token',
-          code: 'unauthorized',
-          hint: 'send Authorization: Bearer <token> (FORKD_TOKEN)',
-        });
+      return reply.status(401).send({
+        error: r === 'missing' ? 'missing bearer token' : 'invalid bearer token',
+        code: 'unauthorized',
+        hint: 'send Authorization: Bearer <token> (FORKD_TOKEN)',
+      });
   });
   app.addHook('onResponse', async (req, reply) => {
     const t0 = (req as { t0?: bigint }).t0 ?? process.hrtime.bigint();

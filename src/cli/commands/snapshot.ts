@@ -1,6 +1,8 @@
+import { controllerFrom, daemonError } from './daemon.js';
 import type { Command } from 'commander';
 import { createSnapshot } from '../../snapshot/create.js';
-import { listSnapshots, removeSnapshot } from '../../snapshot/store.js';
+import { listSnapshots } from '../../snapshot/store.js';
+import { deleteSnapshot } from '../../snapshot/lineage.js';
 import { validateTag } from '../../snapshot/tag.js';
 import { stderrReporter } from '../../util/report.js';
 import { ago, bytes, ms, table } from '../../util/format.js';
@@ -23,13 +25,54 @@ interface SnapshotOpts {
   keepWorkdir?: boolean;
   net?: boolean;
   json?: boolean;
+  fromSandbox?: string;
+  diff?: boolean;
+  live?: boolean;
+  wait?: boolean;
+  daemonUrl?: string;
+  daemonToken?: string;
+}
+
+/** `snapshot --from-sandbox`: BRANCH through the daemon. */
+async function branchFromSandbox(o: SnapshotOpts): Promise<void> {
+  if (!o.fromSandbox)
+    throw new ForkdError(
+      'bad_input',
+      '--diff, --live and --no-wait need --from-sandbox ID',
+      'list sandboxes with forkd ls',
+    );
+  if (o.diff && o.live)
+    throw new ForkdError('bad_input', '--diff and --live cannot be combined', 'pick one mode');
+  const c = controllerFrom(o);
+  try {
+    const r = await c.branchSandbox(o.fromSandbox, {
+      ...(o.tag ? { tag: o.tag } : {}),
+      mode: o.diff ? 'diff' : o.live ? 'live' : 'full',
+      ...(o.wait === false ? { wait: false } : {}),
+    });
+    if (o.json) return printJson(r);
+    out(`tag:           ${r.tag}`);
+    out(`dir:           ${r.dir}`);
+    out(`status:        ${r.status}`);
+    out(`branched_from: ${r.branched_from}`);
+    out(
+      `mode:          ${r.mode}  pause ${ms(r.pause_ms ?? 0)}${r.diff_physical_bytes ? `  diff ${bytes(r.diff_physical_bytes)}` : ''}`,
+    );
+    if (r.warning) process.stderr.write(`⚠ warning: ${r.warning}\n`);
+  } catch (e) {
+    throw daemonError(e, c.baseUrl);
+  }
 }
 
 export function registerSnapshot(program: Command): void {
   program
     .command('snapshot')
     .description('boot a parent, warm it up, pause it and save a snapshot under a tag')
-    .requiredOption('--tag <tag>', 'snapshot tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,63})')
+    .option('--tag <tag>', 'snapshot tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,63}); required unless --from-sandbox')
+    .option('--from-sandbox <id>', 'branch a running sandbox of the daemon instead of booting a parent')
+    .option('--diff', 'with --from-sandbox: store only the memory pages that differ from its snapshot')
+    .option('--live', 'with --from-sandbox: background snapshot; the sandbox pauses only briefly')
+    .option('--no-wait', 'with --from-sandbox: return while the snapshot is still being written')
     .option('--recipe <name>', 'guest image recipe (built if needed)', 'python-numpy')
     .option(
       '--extra <pkg>',
@@ -72,8 +115,12 @@ export function registerSnapshot(program: Command): void {
     )
     .option('--keep-workdir', "keep the parent's work dir (console log, sockets)")
     .option('--json', 'machine-readable output')
+    .option('--daemon-url <url>', 'controller URL for --from-sandbox (env FORKD_URL)')
+    .option('--daemon-token <token>', 'bearer token for --from-sandbox (env FORKD_TOKEN)')
     .action(async (o: SnapshotOpts) => {
       try {
+        if (o.fromSandbox || o.diff || o.live || o.wait === false) return await branchFromSandbox(o);
+        if (!o.tag) throw new ForkdError('bad_input', '--tag is required', 'e.g. forkd snapshot --tag py');
         const r = await createSnapshot(
           {
             tag: o.tag,
@@ -165,15 +212,25 @@ export function registerSnapshot(program: Command): void {
     .command('rmi')
     .description('remove snapshots')
     .argument('<tags...>', 'snapshot tags')
+    .option('--cascade', 'also delete every snapshot that depends on it (leaves first)')
+    .option('--force', 'delete even if others depend on it (they become unusable)')
     .option('--json', 'machine-readable output')
-    .action((tags: string[], o: { json?: boolean }) => {
-      const results: Array<{ tag: string; ok: boolean; error?: string }> = [];
+    .action((tags: string[], o: { json?: boolean; cascade?: boolean; force?: boolean }) => {
+      if (o.cascade && o.force)
+        fail(
+          new ForkdError('bad_input', '--cascade and --force cannot be combined', 'pick one'),
+          Boolean(o.json),
+        );
+      const results: Array<{ tag: string; ok: boolean; deleted?: string[]; error?: string }> = [];
       for (const tag of tags) {
         try {
           validateTag(tag);
-          removeSnapshot(tag);
-          results.push({ tag, ok: true });
-          if (!o.json) out(`✓ ${tag}`);
+          const deleted = deleteSnapshot(tag, {
+            ...(o.cascade ? { cascade: true } : {}),
+            ...(o.force ? { force: true } : {}),
+          });
+          results.push({ tag, ok: true, deleted });
+          if (!o.json) out(`✓ ${deleted.join(', ')}`);
         } catch (e) {
           results.push({ tag, ok: false, error: errorMessage(e) });
           if (!o.json)

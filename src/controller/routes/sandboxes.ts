@@ -99,13 +99,11 @@ export const sandboxRoutes =
       });
       const ok = items.filter((i) => i.ok).length;
       if (ok === 0)
-        return reply
-          .status(500)
-          .send({
-            error: `no sandbox started: ${items[0]?.error ?? 'unknown error'}`,
-            code: 'vmm_failed',
-            results: items,
-          });
+        return reply.status(500).send({
+          error: `no sandbox started: ${items[0]?.error ?? 'unknown error'}`,
+          code: 'vmm_failed',
+          results: items,
+        });
       return reply.status(201).send(items);
     });
 
