@@ -50,13 +50,15 @@ export function daemonError(e: unknown, url: string): ForkdError {
     );
   }
   if (e instanceof TimeoutError) return new ForkdError('timeout', e.message);
-  const cause = (e as { cause?: { code?: string } }).cause;
-  if (cause?.code === 'ECONNREFUSED' || cause?.code === 'ENOTFOUND')
+  // fetch() reports every transport failure as "fetch failed" with the socket error as its cause.
+  if (e instanceof TypeError && e.message === 'fetch failed') {
+    const cause = (e as { cause?: { message?: string } }).cause;
     return new ForkdError(
       'host_unsupported',
-      `cannot reach the forkd controller at ${url}`,
+      `cannot reach the forkd controller at ${url}${cause?.message ? ` (${cause.message})` : ''}`,
       'start it: forkd-controller serve (or set FORKD_URL / --daemon-url)',
     );
+  }
   return new ForkdError('internal', (e as Error).message);
 }
 

@@ -1,0 +1,431 @@
+/**
+ * The controller daemon on real VMs: spawn, exec/eval/files, BRANCH in every mode, workspaces, memory
+ * limits, per-sandbox network namespaces, TTL, the SDK and CLI, the warm pool, and re-adopting
+ * sandboxes after the daemon is kill -9'd.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { createSnapshot } from '../../src/snapshot/create.js';
+import { stderrReporter } from '../../src/util/report.js';
+import { Controller, Sandbox, ConflictError, NotFoundError, CommandExitError } from '../../src/sdk/index.js';
+import type { SpawnResult } from '../../src/sdk/types.js';
+
+const TAG = 'ctl';
+let dirs: ReturnType<typeof isolatedDirs>;
+let shm: string;
+let daemon: Daemon;
+let port: number;
+let c: Controller;
+
+async function spawnOne(extra: Record<string, unknown> = {}): Promise<SpawnResult> {
+  const [r] = await c.spawnSandboxes({ snapshotTag: TAG, ...extra });
+  assert.ok(r?.ok, `spawn failed: ${r?.error}`);
+  return r!;
+}
+
+async function py(id: string, code: string): Promise<string | null> {
+  const r = await c.evalCode(id, code);
+  assert.equal(r.error, null, `eval failed: ${r.traceback}`);
+  return r.result;
+}
+
+async function sh(id: string, cmd: string): Promise<string> {
+  const r = await c.execCommand(id, cmd);
+  assert.equal(r.exit_code, 0, `${cmd}: ${r.stderr}`);
+  return r.stdout;
+}
+
+async function restart(args: string[] = []): Promise<void> {
+  daemon = await startDaemon({ port, stateDir: path.join(dirs.data, 'ctl'), args });
+}
+
+describe('controller daemon on real VMs', { timeout: 30 * 60_000 }, () => {
+  before(async () => {
+    dirs = isolatedDirs('ctl');
+    shm = fs.mkdtempSync('/dev/shm/forkd-test-');
+    process.env.FORKD_SHM_DIR = shm;
+    await createSnapshot(
+      { tag: TAG, recipe: 'python-numpy', net: true, warmupEval: 'import numpy as np' },
+      stderrReporter(),
+    );
+    port = await freePort();
+    await restart();
+    c = new Controller({ baseUrl: daemon.url });
+  });
+
+  after(async () => {
+    if (daemon) {
+      for (const s of await c.listSandboxes().catch(() => [])) await c.killSandbox(s.id).catch(() => {});
+      await daemon.stop();
+    }
+    for (const pid of qemuProcessesUnder(dirs.run)) process.kill(pid, 'SIGKILL');
+    fs.rmSync(shm, { recursive: true, force: true });
+    dirs.cleanup();
+  });
+
+  it('spawns a batch with per-child results and timings', async () => {
+    const res = await c.spawnSandboxes({ snapshotTag: TAG, n: 2, metadata: { who: 'test' } });
+    assert.equal(res.length, 2);
+    for (const r of res) {
+      assert.ok(r.ok, r.error);
+      assert.match(r.id!, /^sb-[0-9a-f]{16}$/);
+      assert.equal(r.status, 'running');
+      assert.deepEqual(r.metadata, { who: 'test' });
+      for (const k of ['spawn_ms', 'load_ms', 'cont_ms', 'agent_ms', 'identity_ms', 'ready_ms'] as const)
+        assert.equal(typeof r.timings![k], 'number', k);
+    }
+    assert.notEqual(res[0]!.id, res[1]!.id);
+    const list = await c.listSandboxes();
+    assert.equal(list.length, 2);
+    for (const r of res) await c.killSandbox(r.id!);
+    assert.deepEqual(await c.listSandboxes(), []);
+    await assert.rejects(c.getSandbox(res[0]!.id!), NotFoundError);
+  });
+
+  it('exec (buffered, streamed, errors), eval (state, tracebacks) and files', async () => {
+    const { id } = await spawnOne({ envs: { GREETING: 'hello' } });
+    try {
+      assert.equal(await sh(id!, 'echo $GREETING'), 'hello\n');
+      const argv = await c.execCommand(id!, ['sh', '-c', 'echo out; echo err >&2; exit 3']);
+      assert.deepEqual([argv.stdout, argv.stderr, argv.exit_code], ['out\n', 'err\n', 3]);
+      const missing = await c.execCommand(id!, ['/no/such/program']);
+      assert.ok(missing.error, 'a failed spawn comes back as an error, not as silence');
+      const slow = await c.execCommand(id!, 'sleep 5', { timeoutSecs: 0.5 });
+      assert.equal(slow.timed_out, true);
+      assert.match(slow.error ?? '', /timed out/);
+      const events = [];
+      for await (const ev of c.execStream(id!, 'echo a; sleep 0.2; echo b')) events.push(ev);
+      assert.deepEqual(
+        events
+          .filter((e) => e.type === 'stdout')
+          .map((e) => (e as { data: string }).data)
+          .join(''),
+        'a\nb\n',
+      );
+      assert.equal(events.at(-1)!.type, 'exit');
+
+      assert.equal(await py(id!, 'x = 20\nx + 1'), '21');
+      assert.equal(await py(id!, 'int(np.arange(5).sum()) + x'), '30');
+      const bad = await c.evalCode(id!, '1/0');
+      assert.match(bad.error!, /ZeroDivisionError/);
+      assert.match(bad.traceback!, /Traceback/);
+      assert.equal(bad.exit_code, 1);
+
+      const blob = randomBytes(3 << 20);
+      await c.writeFile(id!, '/root/dir/blob.bin', blob);
+      const back = Buffer.from(await (await c.readFile(id!, '/root/dir/blob.bin')).arrayBuffer());
+      assert.ok(back.equals(blob), 'a 3 MiB file comes back byte for byte');
+      assert.equal(
+        (await sh(id!, 'sha256sum /root/dir/blob.bin')).split(' ')[0],
+        (await import('node:crypto')).createHash('sha256').update(blob).digest('hex'),
+      );
+      await c.makeDir(id!, '/root/dir/sub');
+      const ls = await c.listFiles(id!, '/root/dir');
+      assert.deepEqual(
+        ls.entries.map((e) => [e.name, e.type]),
+        [
+          ['blob.bin', 'file'],
+          ['sub', 'dir'],
+        ],
+      );
+      assert.equal((await c.statFile(id!, '/root/dir/blob.bin')).size, 3 << 20);
+      await assert.rejects(c.readFile(id!, '/root/nope'), NotFoundError);
+      await c.removeFile(id!, '/root/dir', true);
+      await assert.rejects(c.statFile(id!, '/root/dir'), NotFoundError);
+    } finally {
+      await c.killSandbox(id!);
+    }
+  });
+
+  it('branch in every mode: children see what was there before the branch, never what came after', async () => {
+    const { id } = await spawnOne();
+    const children: string[] = [];
+    try {
+      for (const mode of ['full', 'live', 'diff'] as const) {
+        await py(id!, `marker = 'pre-${mode}'`);
+        await sh(id!, `echo pre-${mode} > /root/marker.txt`);
+        const snap = await c.branchSandbox(id!, { tag: `b-${mode}`, mode });
+        assert.equal(snap.status, 'ready');
+        assert.equal(snap.bootable, true);
+        assert.equal(snap.branched_from, id);
+        assert.equal(snap.mode, mode);
+        assert.ok(snap.pause_ms! > 0);
+        if (mode === 'diff') {
+          assert.equal(snap.parent_tag, TAG);
+          assert.equal(snap.memory_kind, 'diff');
+          assert.ok(snap.diff_physical_bytes! > 0 && snap.diff_physical_bytes! < 256 << 20);
+        }
+        // the source keeps running on its own
+        await py(id!, `marker = 'post-${mode}'`);
+        await sh(id!, `echo post-${mode} > /root/marker.txt && sync`);
+        const [child] = await c.spawnSandboxes({ snapshotTag: `b-${mode}` });
+        assert.ok(child!.ok, child!.error);
+        children.push(child!.id!);
+        assert.equal(await py(child!.id!, 'marker'), `'pre-${mode}'`, `${mode}: RAM at the branch instant`);
+        assert.equal(
+          await sh(child!.id!, 'cat /root/marker.txt'),
+          `pre-${mode}\n`,
+          `${mode}: disk at the branch instant`,
+        );
+      }
+      const info = await c.getSandbox(id!);
+      assert.equal(info.branch_count, 3);
+      assert.equal(info.has_branched, true);
+      const detail = await c.snapshotInfo('b-diff');
+      assert.equal(detail.chain_depth, 1);
+      assert.deepEqual(detail.ancestors, [TAG]);
+      await assert.rejects(c.deleteSnapshot(TAG), ConflictError, 'dependents (and users) protect the parent');
+    } finally {
+      for (const ch of children) await c.killSandbox(ch);
+      await c.killSandbox(id!);
+    }
+    for (const t of ['b-full', 'b-live', 'b-diff']) await c.deleteSnapshot(t);
+  });
+
+  it('a branch with wait:false is "writing" and not spawnable until ready', async () => {
+    const { id } = await spawnOne();
+    try {
+      const snap = await c.branchSandbox(id!, { tag: 'b-async', mode: 'live', wait: false });
+      assert.equal(snap.status, 'writing');
+      assert.equal(snap.bootable, false);
+      await assert.rejects(c.spawnSandboxes({ snapshotTag: 'b-async' }), ConflictError);
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const s = (await c.listSnapshots()).find((x) => x.tag === 'b-async');
+        if (s?.status === 'ready') break;
+        assert.notEqual(s?.status, 'failed', s?.warning);
+        assert.ok(Date.now() < deadline, 'branch finished');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const [child] = await c.spawnSandboxes({ snapshotTag: 'b-async' });
+      assert.ok(child!.ok);
+      await c.killSandbox(child!.id!);
+    } finally {
+      await c.killSandbox(id!);
+    }
+    await c.deleteSnapshot('b-async');
+  });
+
+  it('workspaces keep their files and settings across suspend and resume', async () => {
+    const w = await c.createWorkspace({
+      name: 'ws1',
+      snapshotTag: TAG,
+      memoryLimitMib: 512,
+      envs: { WS: 'yes' },
+    });
+    assert.equal(w.status, 'running');
+    await sh(w.live_sandbox_id!, 'echo kept > /root/ws.txt');
+    await py(w.live_sandbox_id!, "ws_var = 'in-ram'");
+    const s = await c.suspendWorkspace('ws1');
+    assert.equal(s.status, 'suspended');
+    assert.equal(s.live_sandbox_id, null);
+    assert.ok(s.current_state_tag);
+    await assert.rejects(c.getSandbox(w.live_sandbox_id!), NotFoundError);
+    const r = await c.resumeWorkspace('ws1');
+    assert.equal(r.status, 'running');
+    assert.equal(await sh(r.live_sandbox_id!, 'cat /root/ws.txt; echo $WS'), 'kept\nyes\n');
+    assert.equal(await py(r.live_sandbox_id!, 'ws_var'), "'in-ram'");
+    assert.equal((await c.getSandbox(r.live_sandbox_id!)).memory_limit_mib, 512, 'settings survive a resume');
+    // a second (diff) suspend stacks on the first state
+    await sh(r.live_sandbox_id!, 'echo second > /root/ws2.txt');
+    const s2 = await c.suspendWorkspace('ws1', { diff: true });
+    const r2 = await c.resumeWorkspace('ws1');
+    assert.equal(await sh(r2.live_sandbox_id!, 'cat /root/ws.txt /root/ws2.txt'), 'kept\nsecond\n');
+    assert.notEqual(s2.current_state_tag, s.current_state_tag);
+    await c.deleteWorkspace('ws1');
+    await assert.rejects(c.getWorkspace('ws1'), NotFoundError);
+    assert.ok(
+      !(await c.listSnapshots()).some((x) => x.tag.startsWith('ws-ws1-')),
+      'workspace states are deleted with it',
+    );
+    assert.equal(await c.listSandboxes().then((l) => l.length), 0);
+  });
+
+  it('a sandbox over its memory limit dies alone; its sibling lives', async () => {
+    const [a, b] = await c.spawnSandboxes({ snapshotTag: TAG, n: 2, memoryLimitMib: 200 });
+    assert.ok(a!.ok && b!.ok);
+    await c
+      .execCommand(a!.id!, ['python3', '-c', 'x = bytearray(300 << 20); import time; time.sleep(30)'], {
+        timeoutSecs: 60,
+      })
+      .catch(() => {});
+    const deadline = Date.now() + 30_000;
+    let info = await c.getSandbox(a!.id!);
+    while (info.status === 'running' && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      info = await c.getSandbox(a!.id!);
+    }
+    assert.equal(info.status, 'exited');
+    assert.match(info.exit_reason ?? '', /oom/);
+    assert.equal(await sh(b!.id!, 'echo alive'), 'alive\n');
+    await c.killSandbox(b!.id!);
+    await c.killSandbox(a!.id!);
+  });
+
+  it('per-sandbox network namespaces: same guest IP, egress through NAT to a server in a namespace this test made', async () => {
+    const ns = `fkts-${randomBytes(3).toString('hex')}`;
+    const hostIf = `fkts${randomBytes(2).toString('hex')}`;
+    const ip = (...a: string[]) => execFileSync('ip', a, { stdio: 'pipe' });
+    let server: ChildProcess | undefined;
+    const res = await c.spawnSandboxes({ snapshotTag: TAG, n: 2, perChildNetns: true });
+    try {
+      ip('netns', 'add', ns);
+      ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+      ip('addr', 'add', '10.250.7.1/24', 'dev', hostIf);
+      ip('link', 'set', hostIf, 'up');
+      ip('-n', ns, 'addr', 'add', '10.250.7.2/24', 'dev', 'eth0');
+      ip('-n', ns, 'link', 'set', 'eth0', 'up');
+      ip('-n', ns, 'link', 'set', 'lo', 'up');
+      server = spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          ns,
+          process.execPath,
+          '-e',
+          "require('http').createServer((q,s)=>s.end('egress-ok '+q.socket.remoteAddress)).listen(8080,'10.250.7.2')",
+        ],
+        { stdio: 'ignore' },
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      for (const r of res) {
+        assert.ok(r.ok, r.error);
+        assert.equal(r.guest_addr, '10.42.0.2');
+        assert.ok(r.netns);
+        const out = await sh(
+          r.id!,
+          'python3 -c "import urllib.request as u; print(u.urlopen(\'http://10.250.7.2:8080/\', timeout=10).read().decode())"',
+        );
+        assert.match(out, /^egress-ok 10\.250\.7\.1/, 'reached the server, source NATed to the host side');
+      }
+      const nss = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+      for (const r of res) assert.ok(nss.includes(r.netns!));
+    } finally {
+      server?.kill();
+      for (const r of res) if (r.ok) await c.killSandbox(r.id!);
+      ip('netns', 'del', ns);
+    }
+    const nss = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+    for (const r of res) assert.ok(!nss.includes(r.netns!), 'namespaces are removed with their sandbox');
+  });
+
+  it('a sandbox with a timeout is killed when it runs out; the timeout can be extended', async () => {
+    const a = await spawnOne({ timeout: 2 });
+    const b = await spawnOne({ timeout: 2 });
+    await c.setSandboxTimeout(b.id!, 60);
+    await new Promise((r) => setTimeout(r, 3500));
+    await assert.rejects(c.getSandbox(a.id!), NotFoundError);
+    assert.equal((await c.getSandbox(b.id!)).status, 'running');
+    await c.killSandbox(b.id!);
+  });
+
+  it('the E2B-shaped SDK: create, commands, files, runCode, branch, fork, kill', async () => {
+    const sb = await Sandbox.create({ baseUrl: daemon.url, template: TAG, timeoutMs: 120_000 });
+    try {
+      const chunks: string[] = [];
+      const r = await sb.commands.run('echo one; echo two', { onStdout: (d) => chunks.push(d) });
+      assert.equal(r.exitCode, 0);
+      assert.equal(chunks.join(''), 'one\ntwo\n');
+      await assert.rejects(
+        sb.commands.run('exit 4'),
+        (e: unknown) => e instanceof CommandExitError && e.exitCode === 4,
+      );
+      const bg = await sb.commands.run('sleep 0.3; echo bg', { background: true });
+      assert.equal((await bg.wait()).stdout, 'bg\n');
+      await sb.files.write('/root/sdk.txt', 'sdk-data');
+      assert.equal(await sb.files.read('/root/sdk.txt'), 'sdk-data');
+      assert.equal(await sb.files.exists('/root/sdk.txt'), true);
+      assert.equal(await sb.files.makeDir('/root/newdir'), true);
+      assert.ok((await sb.files.list('/root')).some((e) => e.name === 'newdir'));
+      await sb.files.remove('/root/sdk.txt');
+      assert.equal(await sb.files.exists('/root/sdk.txt'), false);
+      const ex = await sb.runCode('y = 6 * 7\ny');
+      assert.equal(ex.text, '42');
+      const err = await sb.runCode('raise ValueError("nope")');
+      assert.equal(err.error?.name, 'ValueError');
+      const snap = await sb.branch({ tag: 'sdk-branch', mode: 'live' });
+      assert.equal(snap.status, 'ready');
+      const kids = await Sandbox.fork(2, { baseUrl: daemon.url, template: 'sdk-branch' });
+      for (const k of kids) {
+        assert.ok(k instanceof Sandbox);
+        assert.equal((await k.runCode('y')).text, '42');
+        assert.equal(await k.kill(), true);
+        assert.equal(await k.kill(), false, 'kill is idempotent');
+      }
+    } finally {
+      await sb.kill();
+    }
+    await c.deleteSnapshot('sdk-branch');
+  });
+
+  it('CLI: spawn, ls and kill through the daemon', async () => {
+    const env = { FORKD_URL: daemon.url };
+    const sp = await cli(['spawn', '--tag', TAG, '-n', '1', '--json'], { env });
+    assert.equal(sp.code, 0, sp.stderr);
+    const [r] = JSON.parse(sp.stdout) as SpawnResult[];
+    const ls = await cli(['ls', '--json'], { env });
+    assert.ok((JSON.parse(ls.stdout) as Array<{ id: string }>).some((s) => s.id === r!.id));
+    const k = await cli(['kill', '--tag', TAG, '--json'], { env });
+    assert.equal(k.code, 0, k.stderr);
+    assert.deepEqual(JSON.parse(k.stdout), [{ id: r!.id, ok: true }]);
+    const bad = await cli(['kill', 'not/an/id'], { env });
+    assert.equal(bad.code, 2);
+    const down = await cli(['ls'], { env: { FORKD_URL: 'http://127.0.0.1:1' } });
+    assert.notEqual(down.code, 0);
+    assert.match(down.stderr, /cannot reach the forkd controller/);
+  });
+
+  it('re-adopts running sandboxes after kill -9 of the daemon; cleans up those that died meanwhile', async () => {
+    const [a, b] = await c.spawnSandboxes({ snapshotTag: TAG, n: 2, perChildNetns: true });
+    assert.ok(a!.ok && b!.ok);
+    await py(a!.id!, "survivor = 'yes'");
+    await daemon.stop('SIGKILL');
+    process.kill(b!.pid!, 'SIGKILL');
+    await restart();
+    const list = await c.listSandboxes();
+    assert.deepEqual(
+      list.map((s) => s.id),
+      [a!.id],
+    );
+    assert.equal(await py(a!.id!, 'survivor'), "'yes'");
+    assert.equal(await sh(a!.id!, 'echo adopted'), 'adopted\n');
+    const snap = await c.branchSandbox(a!.id!, { tag: 'after-restart', mode: 'live' });
+    assert.equal(snap.status, 'ready');
+    await c.killSandbox(a!.id!);
+    assert.equal(qemuProcessesUnder(dirs.run).length, 0, 'no QEMU left');
+    assert.ok(!fs.readdirSync(dirs.run).some((n) => n.startsWith('forkd-sb-')), 'no sandbox dirs left');
+    const nss = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+    assert.ok(!nss.includes(b!.netns!), "the dead sandbox's namespace was removed");
+    await c.deleteSnapshot('after-restart');
+  });
+
+  it('warm pool: the second spawn takes a prepared child', async () => {
+    await daemon.stop();
+    await restart(['--pool-size', '1']);
+    const first = await spawnOne();
+    assert.equal(first.timings!.from_pool, false);
+    const deadline = Date.now() + 30_000;
+    while (!(await c.metrics()).includes(`forkd_pool_ready{tag="${TAG}"} 1`)) {
+      assert.ok(Date.now() < deadline, 'the pool refilled');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const second = await spawnOne();
+    assert.equal(second.timings!.from_pool, true);
+    assert.equal(await sh(second.id!, 'echo pooled'), 'pooled\n');
+    await c.killSandbox(first.id!);
+    await c.killSandbox(second.id!);
+    await daemon.stop();
+    await restart();
+    assert.ok(
+      !fs.readdirSync(dirs.run).some((n) => n.startsWith('forkd-sb-')),
+      'pool children are not left behind',
+    );
+  });
+});
