@@ -190,6 +190,16 @@ export class AgentClient {
     return this.json('POST', '/v1/identity', id, 30_000);
   }
 
+  /** Tell a freshly restored child who it is: its id as hostname, the host's clock, fresh entropy. */
+  announce(sandboxId: string): Promise<IdentityResult> {
+    return this.identity({
+      sandbox_id: sandboxId,
+      hostname: sandboxId,
+      time_unix_ns: String(BigInt(Date.now()) * 1_000_000n),
+      seed_hex: randomBytes(64).toString('hex'),
+    });
+  }
+
   eval(req: EvalRequest): Promise<EvalResult> {
     const t = req.timeout_ms && req.timeout_ms > 0 ? req.timeout_ms + 10_000 : 24 * 3600_000;
     return this.json('POST', '/v1/eval', req, t);

@@ -1,15 +1,14 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { runDir } from '../util/paths.js';
 import { branchSandbox, type BranchStarted } from '../snapshot/branch.js';
-import { loadSnapshot } from '../snapshot/store.js';
 import { validateTag } from '../snapshot/tag.js';
-import { snapshotExists, snapshotDir } from '../snapshot/store.js';
+import { loadSnapshot, snapshotDir, snapshotExists } from '../snapshot/store.js';
 import type { CaptureMode } from '../vmm/capture.js';
 import type { SandboxManager } from './sandboxes.js';
 import type { SnapshotRecord, StateStore } from './state.js';
-import fs from 'node:fs';
 
 export interface BranchRequest {
   tag?: string | undefined;

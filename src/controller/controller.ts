@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { listSnapshots, loadSnapshot, snapshotExists } from '../snapshot/store.js';
@@ -29,13 +28,14 @@ export interface SnapshotInfo {
   branched_from?: string;
   mode?: string;
   pause_ms?: number;
+  diff_ms?: number;
   diff_physical_bytes?: number;
   warning?: string;
   parent_tag?: string;
   chain_depth?: number;
   accelerator?: string;
-  memory_kind?: string;
-  net?: string;
+  memory_kind?: 'full' | 'diff';
+  net?: 'none' | 'virtio';
 }
 
 export interface SandboxInfo {
@@ -87,14 +87,14 @@ export class Controller {
       log: opts.log,
       onExit: (id) => this.onSandboxGone(id),
     });
-    this.metrics = new Metrics(() => ({
-      snapshots: listSnapshots().length,
-      sandboxes: this.sandboxes.live.size,
-      branches: this.branches.count,
-      cap: this.branches.concurrency,
-      pool: this.pool.sizes(),
-      workspaces: this.state.workspaces.size,
-    }));
+    this.metrics = new Metrics({
+      snapshots: () => listSnapshots().length,
+      sandboxes: () => this.sandboxes.live.size,
+      branches: () => this.branches.count,
+      cap: () => this.branches.concurrency,
+      pool: () => this.pool.sizes(),
+      workspaces: () => this.state.workspaces.size,
+    });
     this.branches = new BranchManager(this.state, this.sandboxes, opts.branchConcurrency, {
       log: opts.log,
       observe: (mode, pauseMs, totalMs, ok) => {
@@ -440,12 +440,9 @@ export class Controller {
     const w = this.ws(validateTag(name));
     if (w.live_sandbox_id && this.sandboxes.live.has(w.live_sandbox_id))
       await this.sandboxes.destroy(w.live_sandbox_id);
-    // Its state snapshots (never the source): diff states form a chain, so delete from the first.
-    const states = listSnapshots()
-      .map((l) => l.tag)
-      .filter((t) => t.startsWith(`ws-${name}-s`));
-    for (const t of states)
-      if (fs.existsSync(path.join(loadSnapshotDirSafe(t), 'snapshot.json'))) {
+    // Its state snapshots (never the source): cascade, since diff states form a chain.
+    for (const t of listSnapshots().map((l) => l.tag))
+      if (t.startsWith(`ws-${name}-s`) && snapshotExists(t)) {
         try {
           this.deleteSnapshot(t, { cascade: true });
         } catch (e) {
@@ -454,13 +451,5 @@ export class Controller {
       }
     this.state.workspaces.delete(name);
     this.state.save();
-  }
-}
-
-function loadSnapshotDirSafe(tag: string): string {
-  try {
-    return loadSnapshot(tag).dir;
-  } catch {
-    return '/nonexistent';
   }
 }

@@ -45,31 +45,30 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(
-    sample: () => {
-      snapshots: number;
-      sandboxes: number;
-      branches: number;
-      cap: number;
-      pool: Record<string, number>;
-      workspaces: number;
-    },
-  ) {
+  /** Each gauge reads only its own source at scrape time (the snapshot count walks the disk). */
+  constructor(sample: {
+    snapshots: () => number;
+    sandboxes: () => number;
+    branches: () => number;
+    cap: () => number;
+    pool: () => Record<string, number>;
+    workspaces: () => number;
+  }) {
     const reg = [this.registry];
-    const g = (name: string, help: string, pick: (s: ReturnType<typeof sample>) => number) =>
+    const g = (name: string, help: string, read: () => number) =>
       new client.Gauge({
         name,
         help,
         registers: reg,
         collect() {
-          this.set(pick(sample()));
+          this.set(read());
         },
       });
-    g('forkd_snapshots_total', 'Snapshots on disk (ready or broken)', (s) => s.snapshots);
-    g('forkd_sandboxes_active', 'Running sandboxes', (s) => s.sandboxes);
-    g('forkd_branches_in_flight', 'Branches being written', (s) => s.branches);
-    g('forkd_branch_concurrency_cap', 'Branches allowed at once', (s) => s.cap);
-    g('forkd_workspaces_total', 'Workspaces', (s) => s.workspaces);
+    g('forkd_snapshots_total', 'Snapshots on disk (ready or broken)', sample.snapshots);
+    g('forkd_sandboxes_active', 'Running sandboxes', sample.sandboxes);
+    g('forkd_branches_in_flight', 'Branches being written', sample.branches);
+    g('forkd_branch_concurrency_cap', 'Branches allowed at once', sample.cap);
+    g('forkd_workspaces_total', 'Workspaces', sample.workspaces);
     new client.Gauge({
       name: 'forkd_pool_ready',
       help: 'Prepared children waiting in the warm pool, per snapshot tag',
@@ -77,7 +76,7 @@ export class Metrics {
       registers: reg,
       collect() {
         this.reset();
-        for (const [tag, n] of Object.entries(sample().pool)) this.set({ tag }, n);
+        for (const [tag, n] of Object.entries(sample.pool())) this.set({ tag }, n);
       },
     });
     new client.Gauge({

@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { pidStartTime, sameProcessAlive } from '../util/proc.js';
 import { runDir } from '../util/paths.js';
@@ -108,12 +107,7 @@ export class SandboxManager {
       const tAgent0 = performance.now();
       const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 60_000 });
       const tAgent = performance.now();
-      const identity = await agent.identity({
-        sandbox_id: id,
-        hostname: id,
-        time_unix_ns: String(BigInt(Date.now()) * 1_000_000n),
-        seed_hex: randomBytes(64).toString('hex'),
-      });
+      const identity = await agent.announce(id);
       const tId = performance.now();
       const created = nowUnix();
       const rec: SandboxRecord = {

@@ -185,12 +185,7 @@ async function startChild(
   const tReady0 = performance.now();
   const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 60_000 });
   const tAgent = performance.now();
-  const identity = await agent.identity({
-    sandbox_id: id,
-    hostname: id,
-    time_unix_ns: String(BigInt(Date.now()) * 1_000_000n),
-    seed_hex: randomBytes(64).toString('hex'),
-  });
+  const identity = await agent.announce(id);
   const tId = performance.now();
   const agentMs = tAgent - tReady0;
   const identityMs = tId - tAgent;

@@ -39,23 +39,8 @@ export async function compactSnapshot(fromTag: string, toTag: string): Promise<S
     linkOrCopy(path.join(s.dir, s.meta.files.base.path), path.join(staging, 'base.ext4'));
     fs.copyFileSync(path.join(s.dir, s.meta.files.disk.path), path.join(staging, 'disk.qcow2'));
     fs.chmodSync(path.join(staging, 'disk.qcow2'), 0o644);
-    // Resolve the head's relative backing from its own dir, then fold the chain into one layer.
-    await runOk(
-      'qemu-img',
-      [
-        'rebase',
-        '-q',
-        '-f',
-        'qcow2',
-        '-b',
-        path.join(s.dir, s.meta.files.disk.backing),
-        '-F',
-        s.meta.lineage.parent_tag ? 'qcow2' : 'raw',
-        '-u',
-        'disk.qcow2',
-      ],
-      { cwd: staging },
-    );
+    // The copied layer's relative backing resolves from staging too (both sit in the snapshots dir);
+    // rebasing onto the raw base folds every ancestor layer into it.
     await runOk('qemu-img', ['rebase', '-q', '-f', 'qcow2', '-b', 'base.ext4', '-F', 'raw', 'disk.qcow2'], {
       cwd: staging,
     });
