@@ -9,7 +9,14 @@ export function out(line = ''): void {
   process.stdout.write(line + '\n');
 }
 
-const EXIT: Record<string, number> = { bad_input: 2, not_found: 3, exists: 4, interrupted: 130 };
+const EXIT: Record<string, number> = {
+  bad_input: 2,
+  not_found: 3,
+  exists: 4,
+  bad_pack: 5,
+  untrusted: 6,
+  interrupted: 130,
+};
 
 /** Report a failure (named problem + fix) and exit non-zero. */
 export function fail(err: unknown, json: boolean): never {

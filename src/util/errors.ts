@@ -14,6 +14,12 @@ export type ErrorCode =
   | 'out_of_space'
   | 'incompatible_snapshot'
   | 'corrupt_snapshot'
+  /** a snapshot pack that is malformed, tampered with, or hostile */
+  | 'bad_pack'
+  /** a pack whose signature is missing, invalid or from a key that is not trusted */
+  | 'untrusted'
+  /** a remote store (hub, presigned URL) failed or refused */
+  | 'remote_failed'
   | 'vmm_failed'
   | 'agent_failed'
   | 'timeout'

@@ -29,3 +29,11 @@ export function cacheDir(): string {
 export function runDir(): string {
   return process.env.FORKD_RUN_DIR || '/tmp';
 }
+
+/** Keys and trust settings ($XDG_CONFIG_HOME/forkd): signing keys, trusted public keys. */
+export function configDir(): string {
+  const xdg = process.env.XDG_CONFIG_HOME;
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'forkd');
+  const home = process.env.HOME || os.homedir();
+  return path.join(home || '/tmp', '.config', 'forkd');
+}
