@@ -6,6 +6,8 @@ import { registerSnapshot } from './commands/snapshot.js';
 import { registerFork } from './commands/fork.js';
 import { registerQuickstart } from './commands/quickstart.js';
 import { registerDaemon } from './commands/daemon.js';
+import { registerLineage } from './commands/lineage.js';
+import { registerHub } from './commands/hub.js';
 import { fail } from './output.js';
 
 const program = new Command();
@@ -21,6 +23,8 @@ registerHost(program);
 registerParent(program);
 registerSnapshot(program);
 registerFork(program);
+registerLineage(program);
+registerHub(program);
 registerDaemon(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {

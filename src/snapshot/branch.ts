@@ -31,6 +31,8 @@ export interface BranchSource {
   nextDisk: string;
   /** Scratch dir for the stream and the normalizer (removed afterwards). */
   workDir: string;
+  /** False when the source's RAM is a private mapping of a disk file (see CaptureSpec.background). */
+  background?: boolean;
 }
 
 export interface BranchStarted {
@@ -84,6 +86,7 @@ export async function branchSandbox(
       mode,
       stream,
       newOverlay: src.nextDisk,
+      ...(src.background === false ? { background: false } : {}),
       whileStopped:
         mode === 'diff'
           ? () => {

@@ -39,7 +39,12 @@ export interface SnapshotDetail {
   memory_physical_bytes: number;
   vmstate_bytes: number;
   disk_bytes: number;
+  /** everything in the snapshot dir, the root disk included */
   on_disk_bytes: number;
+  /** what this snapshot alone costs: its dir without a root disk it shares (hard link) with others */
+  own_bytes: number;
+  /** the raw root disk (logical size); shared between snapshots made on the same image */
+  base_bytes: number;
   parent_tag: string | null;
   parent_content_hash: string | null;
   chain_depth: number;
@@ -64,6 +69,8 @@ export function snapshotDetail(tag: string): SnapshotDetail {
     vmstate_bytes: m.files.vmstate.size,
     disk_bytes: statBlocks(path.join(s.dir, m.files.disk.path)),
     on_disk_bytes: diskUsage(s.dir),
+    own_bytes: ownBytes(s.dir),
+    base_bytes: m.files.base.size,
     parent_tag: m.lineage.parent_tag,
     parent_content_hash: m.lineage.parent_content_hash,
     chain_depth: m.lineage.depth,
@@ -71,6 +78,17 @@ export function snapshotDetail(tag: string): SnapshotDetail {
     dependents: dependentsOf(tag),
     origin: m.origin,
   };
+}
+
+/** Allocated bytes of a snapshot dir, leaving out a root disk that is hard-linked elsewhere too. */
+export function ownBytes(dir: string): number {
+  let total = 0;
+  for (const name of fs.readdirSync(dir)) {
+    const st = fs.lstatSync(path.join(dir, name));
+    if (name === 'base.ext4' && st.nlink > 1) continue;
+    total += st.isDirectory() ? diskUsage(path.join(dir, name)) : st.blocks * 512;
+  }
+  return total;
 }
 
 function statBlocks(p: string): number {

@@ -29,6 +29,27 @@ export function diskUsage(p: string): number {
   return st.blocks * 512;
 }
 
+/** Allocated bytes under several dirs, each inode counted once (hard links shared between them). */
+export function uniqueDiskUsage(dirs: string[]): number {
+  const seen = new Set<string>();
+  let total = 0;
+  const walk = (p: string) => {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(p);
+    } catch {
+      return;
+    }
+    const key = `${st.dev}:${st.ino}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) walk(path.join(p, e));
+    else total += st.blocks * 512;
+  };
+  for (const d of dirs) walk(d);
+  return total;
+}
+
 /** Hard-link `src` to `dst`, falling back to a copy when they are on different filesystems. */
 export function linkOrCopy(src: string, dst: string): 'link' | 'copy' {
   try {

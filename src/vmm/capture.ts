@@ -29,6 +29,11 @@ export interface CaptureSpec {
   newOverlay: string;
   /** Runs while the guest is stopped, after the disk switch (the diff extraction). */
   whileStopped?: () => void | Promise<void>;
+  /**
+   * Stream in the background (live/diff default). Off: stream while stopped, which works for any RAM
+   * mapping; background snapshots need userfaultfd write-protect, i.e. RAM on tmpfs or anonymous.
+   */
+  background?: boolean;
 }
 
 async function setCaps(vm: QemuVm, caps: Record<string, boolean>): Promise<void> {
@@ -50,7 +55,7 @@ export async function ensureRunning(vm: QemuVm): Promise<void> {
 
 export async function captureRunning(vm: QemuVm, spec: CaptureSpec): Promise<CaptureResult> {
   const qmp = vm.qmp!;
-  const background = spec.mode !== 'full';
+  const background = spec.background ?? spec.mode !== 'full';
   const t0 = performance.now();
   try {
     await qmp.execute('stop');

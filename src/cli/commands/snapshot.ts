@@ -2,7 +2,8 @@ import { controllerFrom, daemonError } from './daemon.js';
 import type { Command } from 'commander';
 import { createSnapshot } from '../../snapshot/create.js';
 import { listSnapshots } from '../../snapshot/store.js';
-import { deleteSnapshot } from '../../snapshot/lineage.js';
+import { deleteSnapshot, ownBytes } from '../../snapshot/lineage.js';
+import { uniqueDiskUsage } from '../../util/fs.js';
 import { validateTag } from '../../snapshot/tag.js';
 import { stderrReporter } from '../../util/report.js';
 import { ago, bytes, ms, table } from '../../util/format.js';
@@ -162,7 +163,7 @@ export function registerSnapshot(program: Command): void {
 
   program
     .command('images')
-    .description('list local snapshots')
+    .description('list local snapshots (SIZE: what each costs on disk beyond the root disk it shares)')
     .option('--json', 'machine-readable output')
     .action((o: { json?: boolean }) => {
       const list = listSnapshots();
@@ -172,6 +173,7 @@ export function registerSnapshot(program: Command): void {
             tag: l.tag,
             dir: l.dir,
             disk_bytes: l.diskBytes,
+            own_bytes: ownBytes(l.dir),
             ...(l.meta
               ? {
                   memory_mib: l.meta.machine.mem_mib,
@@ -193,7 +195,7 @@ export function registerSnapshot(program: Command): void {
             l.meta
               ? [
                   l.tag,
-                  bytes(l.diskBytes),
+                  bytes(ownBytes(l.dir)),
                   bytes(l.meta.machine.mem_mib * 1048576),
                   ago(new Date(l.meta.created_at)),
                   String(l.meta.lineage.depth),
@@ -204,8 +206,11 @@ export function registerSnapshot(program: Command): void {
           ),
         ),
       );
-      const total = list.reduce((s, l) => s + l.diskBytes, 0);
-      out(`\n${list.length} snapshot${list.length === 1 ? '' : 's'} · ${bytes(total)} total`);
+      // Root disks are hard-linked between snapshots of one image: count each file once.
+      const total = uniqueDiskUsage(list.map((l) => l.dir));
+      out(
+        `\n${list.length} snapshot${list.length === 1 ? '' : 's'} · ${bytes(total)} total on disk (shared root disks counted once)`,
+      );
     });
 
   program
