@@ -99,6 +99,13 @@ export function removeSnapshot(tag: string): void {
   fs.rmSync(trash, { recursive: true, force: true });
 }
 
+function recreateHint(s: LoadedSnapshot): string {
+  const parent = s.meta.lineage.parent_tag;
+  return parent
+    ? `re-create the link: forkd rmi --cascade ${s.tag} && forkd snapshot-diff --from ${parent} --tag ${s.tag} --exec ..., or unpack/pull it again`
+    : `re-create it: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}, or unpack/pull it again`;
+}
+
 /**
  * Cheap integrity check before a fork: every file still has the size and mtime it had when saved. A
  * write to memory.bin would silently change every child (they map it MAP_PRIVATE), so refuse instead.
@@ -114,14 +121,14 @@ export function checkIntegrity(s: LoadedSnapshot): void {
       throw new ForkdError(
         'corrupt_snapshot',
         `snapshot '${s.tag}' is missing its ${name} file (${p})`,
-        `re-create it: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
+        recreateHint(s),
       );
     }
     if (st.size !== f.size || Math.trunc(st.mtimeMs) !== f.mtime_ms)
       throw new ForkdError(
         'corrupt_snapshot',
         `snapshot '${s.tag}': ${f.path} was modified after the snapshot was saved (size ${st.size} vs ${f.size}, mtime changed); children would see corrupted memory or disk`,
-        `re-create it: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
+        recreateHint(s),
       );
   }
 }

@@ -14,6 +14,7 @@ import { buildServer } from '../../src/controller/server.js';
 import { checkBearer, loadToken } from '../../src/controller/auth.js';
 import { isLoopback, parseBind } from '../../src/controller/bind.js';
 import { StateStore } from '../../src/controller/state.js';
+import { fakeSnapshot } from '../helpers/fake-snapshot.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 let dirs: ReturnType<typeof isolatedDirs>;
@@ -217,6 +218,23 @@ describe('controller REST routes', () => {
     assertError(await call('POST', '/v1/snapshots/nope/compact', {}), 400, /to/);
     assertError(await call('POST', '/v1/snapshots', { tag: 'x', boot_wait_secs: 61 }), 400, /boot_wait_secs/);
     assertError(await call('POST', '/v1/snapshots', { tag: 'bad tag' }), 400, /tag/);
+  });
+
+  it('chain routes: info shows lineage, delete refuses to orphan (409), cascade deletes leaves first', async () => {
+    fakeSnapshot('r0');
+    fakeSnapshot('r1', { parent: 'r0', baseFrom: 'r0' });
+    fakeSnapshot('r2', { parent: 'r1', baseFrom: 'r0' });
+    const info = await call('GET', '/v1/snapshots/r2/info');
+    assert.equal(info.status, 200);
+    assert.equal(info.json.chain_depth, 2);
+    assert.deepEqual(info.json.ancestors, ['r0', 'r1']);
+    assert.deepEqual((await call('GET', '/v1/snapshots/r0/info')).json.dependents, ['r1']);
+    const refused = await call('DELETE', '/v1/snapshots/r1');
+    assertError(refused, 409, /dependents: r2/);
+    assert.match(String(refused.json.hint), /cascade/);
+    assert.equal((await call('GET', '/v1/snapshots')).json.length, 3, 'nothing deleted');
+    assert.equal((await call('DELETE', '/v1/snapshots/r0?cascade=true')).status, 204);
+    assert.deepEqual((await call('GET', '/v1/snapshots')).json, []);
   });
 
   it('workspace routes', async () => {
