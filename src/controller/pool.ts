@@ -7,6 +7,7 @@ import { QemuVmm, type PendingRestore } from '../vmm/qemu.js';
 import type { MachineConfig } from '../vmm/types.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import type { LoadedSnapshot } from '../snapshot/store.js';
+import { diskImage } from '../snapshot/assemble.js';
 
 /**
  * A prepared child: QEMU started with the snapshot's RAM mapped and its disk overlay and tap in place,
@@ -57,7 +58,7 @@ export async function prepareChild(
   const disk = path.join(dir, 'disk.qcow2');
   let tap: string | undefined;
   try {
-    await createOverlay(disk, path.join(s.dir, s.meta.files.disk.path), 'qcow2');
+    await createOverlay(disk, await diskImage(s), 'qcow2');
     if (s.meta.machine.net === 'virtio') {
       tap = `fkt${id.slice(3, 15)}`;
       await createTap(tap);

@@ -9,7 +9,7 @@ import { onInterrupt } from '../util/teardown.js';
 import { median, percentile } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
-import { memoryImage, resolveChain } from '../snapshot/assemble.js';
+import { diskImage, memoryImage, resolveChain } from '../snapshot/assemble.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { validateTag } from '../snapshot/tag.js';
 import { currentAccel } from '../host/accel.js';
@@ -278,7 +278,7 @@ export async function fork(
   try {
     // Template overlay made once, copied per child (qemu-img per child costs ~10 ms each).
     const template = path.join(workDir, 'overlay-template.qcow2');
-    await createOverlay(template, path.join(s.dir, s.meta.files.disk.path), 'qcow2');
+    await createOverlay(template, await diskImage(s), 'qcow2');
     const memoryFile = await memoryImage(s);
     const limit = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
     let next = 1;

@@ -92,6 +92,50 @@ export async function memoryImage(s: LoadedSnapshot): Promise<string> {
   return out;
 }
 
+/**
+ * The disk layer children of `s` stack their overlay on. A flat snapshot's own layer; for a chain link,
+ * its layer with every ancestor layer folded in (rebased onto the raw root disk), made once per chain
+ * content and cached, so a child of a depth-3 link opens the same two-file chain as a child of a flat
+ * snapshot instead of one qcow2 per link.
+ */
+export async function diskImage(s: LoadedSnapshot): Promise<string> {
+  const own = path.join(s.dir, s.meta.files.disk.path);
+  if (!s.meta.lineage.parent_tag) return own;
+  const chain = resolveChain(s);
+  const key = createHash('sha256')
+    .update(chain.map((l) => l.meta.files.disk.sha256).join(':'))
+    .update(s.dir) // the cached layer names its base by absolute path
+    .digest('hex')
+    .slice(0, 24);
+  const out = path.join(assembledDir(), `${s.tag}-${key}.qcow2`);
+  if (fs.existsSync(out)) return out;
+  fs.mkdirSync(assembledDir(), { recursive: true });
+  const tmp = `${out}.tmp-${process.pid}`;
+  try {
+    fs.copyFileSync(own, tmp);
+    fs.chmodSync(tmp, 0o644);
+    // The copy's relative backing (../<parent>/disk.qcow2) resolves from the cache dir too: both sit in
+    // the snapshots dir. Rebasing onto the raw base copies in whatever the ancestor layers hold.
+    await runOk('qemu-img', [
+      'rebase',
+      '-q',
+      '-f',
+      'qcow2',
+      '-b',
+      path.join(s.dir, s.meta.files.base.path),
+      '-F',
+      'raw',
+      tmp,
+    ]);
+    fs.chmodSync(tmp, 0o444);
+    fs.renameSync(tmp, out);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  return out;
+}
+
 /** tmpfs dir for memory images that running sandboxes map (see residentImage). */
 export function residentDir(): string {
   return process.env.FORKD_SHM_DIR || '/dev/shm/forkd';
