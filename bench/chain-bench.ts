@@ -19,7 +19,7 @@ import { fork } from '../src/fork/fork.js';
 import { packSnapshot } from '../src/hub/pack.js';
 import { unpackSnapshot } from '../src/hub/unpack.js';
 import { median, table } from '../src/util/format.js';
-import { silentReporter } from '../src/util/report.js';
+import { silentReporter, type Reporter } from '../src/util/report.js';
 
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-chainbench-'));
 const dataA = path.join(base, 'data');
@@ -110,7 +110,21 @@ async function main(): Promise<void> {
     ['l3', 'chain l0→l3'],
   ] as const) {
     const out = path.join(base, `${tag}.forkd-snapshot.tar.zst`);
-    const p = await packSnapshot({ tag, out }, silentReporter);
+    // Streaming check: the process's resident memory while packing GiBs stays where it started.
+    const rss0 = process.memoryUsage().rss;
+    let rssPeak = rss0;
+    const sampler: Reporter = {
+      ...silentReporter,
+      progress: () => void (rssPeak = Math.max(rssPeak, process.memoryUsage().rss)),
+    };
+    const p = await packSnapshot({ tag, out }, sampler);
+    row(
+      `pack ${label}: RSS growth while packing`,
+      mib(rssPeak - rss0),
+      'MiB',
+      1,
+      `of ${mib(p.uncompressedBytes)} MiB streamed`,
+    );
     row(
       `pack ${label}`,
       r1(p.ms),
