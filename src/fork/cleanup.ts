@@ -2,11 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { runDir, snapshotsDir } from '../util/paths.js';
 import { diskUsage } from '../util/fs.js';
+import { pidAlive } from '../util/proc.js';
 import { ownerAlive, readOwner, WORK_PREFIXES } from './workdir.js';
 
 export interface CleanupItem {
   path: string;
-  kind: 'workdir' | 'staging' | 'deleting' | 'process';
+  kind: 'workdir' | 'staging' | 'deleting' | 'download' | 'process';
   action: 'DEL' | 'SKIP' | 'KILL';
   reason: string;
   bytes: number;
@@ -111,6 +112,19 @@ export async function cleanup(apply: boolean): Promise<CleanupItem[]> {
           bytes: diskUsage(path.join(snapshotsDir(), e)),
           pids: [],
         });
+      else if (e.startsWith('.download-')) {
+        // .download-<pid>-<ms>.tar.zst: a pull's pack file, kept only while that pull runs.
+        const pid = Number(e.split('-')[1]);
+        const live = pidAlive(pid);
+        items.push({
+          path: path.join(snapshotsDir(), e),
+          kind: 'download',
+          action: live ? 'SKIP' : 'DEL',
+          reason: live ? `pull (pid ${pid}) still running` : 'interrupted pull',
+          bytes: diskUsage(path.join(snapshotsDir(), e)),
+          pids: [],
+        });
+      }
     }
   } catch {
     /* no snapshots yet */
