@@ -8,6 +8,7 @@
  * Prints a table and writes bench-results/chain-<time>.json. Every row names the accelerator.
  */
 import fs from 'node:fs';
+import { writeBenchResults } from './results.js';
 import os from 'node:os';
 import path from 'node:path';
 import { createSnapshot } from '../src/snapshot/create.js';
@@ -147,22 +148,12 @@ async function main(): Promise<void> {
     ) + '\n',
   );
   process.stdout.write(`depth-3 chain spawn vs flat: ${ratio.toFixed(3)}× (target ≤ 1.1) [${accel}]\n`);
-  fs.mkdirSync('bench-results', { recursive: true });
-  const file = path.join('bench-results', `chain-${new Date().toISOString().replaceAll(':', '-')}.json`);
-  fs.writeFileSync(
-    file,
-    JSON.stringify(
-      {
-        host: { cpus: os.cpus().length, mem_gib: r1(os.totalmem() / 2 ** 30) },
-        accel,
-        rows,
-        spawn_ms: { flat, chain },
-        chain_vs_flat_ratio: ratio,
-      },
-      null,
-      2,
-    ) + '\n',
-  );
+  const file = writeBenchResults('chain', {
+    accel,
+    rows,
+    spawn_ms: { flat, chain },
+    chain_vs_flat_ratio: ratio,
+  });
   log(`wrote ${file}`);
 }
 

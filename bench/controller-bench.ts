@@ -6,6 +6,7 @@
  * Prints a table and writes bench-results/controller-<time>.json. Every row names the accelerator.
  */
 import fs from 'node:fs';
+import { writeBenchResults } from './results.js';
 import os from 'node:os';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -168,21 +169,7 @@ async function main(): Promise<void> {
     ) + '\n',
   );
   process.stdout.write(`warm pool vs cold (guest running): ${r1(coldMed / warmMed)}× faster\n`);
-  fs.mkdirSync('bench-results', { recursive: true });
-  const file = path.join('bench-results', `controller-${new Date().toISOString().replaceAll(':', '-')}.json`);
-  fs.writeFileSync(
-    file,
-    JSON.stringify(
-      {
-        host: { cpus: os.cpus().length, mem_gib: r1(os.totalmem() / 2 ** 30) },
-        accel,
-        rows,
-        warm_vs_cold_ratio: r1(coldMed / warmMed),
-      },
-      null,
-      2,
-    ) + '\n',
-  );
+  const file = writeBenchResults('controller', { accel, rows, warm_vs_cold_ratio: r1(coldMed / warmMed) });
   log(`wrote ${file}`);
 }
 

@@ -7,6 +7,7 @@
  * Prints a table and writes bench-results/fork-<time>.json. Every row names the accelerator.
  */
 import fs from 'node:fs';
+import { writeBenchResults } from './results.js';
 import os from 'node:os';
 import path from 'node:path';
 import { createSnapshot } from '../src/snapshot/create.js';
@@ -229,16 +230,7 @@ async function main(): Promise<void> {
     ]),
   );
   process.stdout.write(text + '\n');
-  const outDir = path.resolve('bench-results');
-  fs.mkdirSync(outDir, { recursive: true });
-  const file = path.join(outDir, `fork-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const host = {
-    cpus: os.cpus().length,
-    cpu: os.cpus()[0]?.model,
-    mem_gib: Math.round(os.totalmem() / 1024 ** 3),
-    kernel: os.release(),
-  };
-  fs.writeFileSync(file, JSON.stringify({ host, accelerator: accel, rows }, null, 2));
+  const file = writeBenchResults('fork', { accelerator: accel, rows });
   process.stdout.write(`wrote ${file}\n`);
 }
 

@@ -4,6 +4,7 @@ import type { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { findAck, helloFrame, NONCE_BYTES } from '../protocol/resync.js';
+import { emptyExecResult } from '../protocol/agent-api.js';
 import type {
   EvalRequest,
   EvalResult,
@@ -106,6 +107,19 @@ async function resync(sock: net.Socket, deadline: number, signal?: AbortSignal):
   sock.pause();
 }
 
+/** The status and body text of one HTTP/2 reply; transport errors become AgentErrors naming `what`. */
+function readReply(req: http2.ClientHttp2Stream, what: string): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    let text = '';
+    req.setEncoding('utf8');
+    req.on('response', (h) => (status = Number(h[':status'])));
+    req.on('data', (d: string) => (text += d));
+    req.on('end', () => resolve({ status, text }));
+    req.on('error', (e) => reject(new AgentError(0, `agent ${what}: ${e.message}`)));
+  });
+}
+
 /** Host-side client of the guest agent: HTTP/2 over the virtio-serial port's unix socket. */
 export class AgentClient {
   private constructor(
@@ -148,19 +162,9 @@ export class AgentClient {
         req.close(http2.constants.NGHTTP2_CANCEL);
         reject(new AgentError(0, `agent ${method} ${path}: no answer within ${timeoutMs} ms`));
       }, timeoutMs);
-      let status = 0;
-      let text = '';
-      req.setEncoding('utf8');
-      req.on('response', (h) => (status = Number(h[':status'])));
-      req.on('data', (d: string) => (text += d));
-      req.on('end', () => {
-        clearTimeout(timer);
-        resolve({ status, text });
-      });
-      req.on('error', (e) => {
-        clearTimeout(timer);
-        reject(new AgentError(0, `agent ${method} ${path}: ${e.message}`));
-      });
+      readReply(req, `${method} ${path}`)
+        .then(resolve, reject)
+        .finally(() => clearTimeout(timer));
       req.end(body === undefined ? undefined : JSON.stringify(body));
     });
   }
@@ -213,14 +217,7 @@ export class AgentClient {
         ':path': '/v1/exec',
         'content-type': 'application/json',
       });
-      const res: ExecResult = {
-        stdout: '',
-        stderr: '',
-        exit_code: null,
-        signal: null,
-        timed_out: false,
-        duration_ms: 0,
-      };
+      const res: ExecResult = emptyExecResult();
       let status = 0;
       let buf = '';
       let failure: string | undefined;
@@ -306,16 +303,10 @@ export class AgentClient {
     return new Promise((resolve, reject) => {
       const q = `path=${encodeURIComponent(filePath)}${mode === undefined ? '' : `&mode=${mode.toString(8)}`}`;
       const req = this.session.request({ ':method': 'PUT', ':path': `/v1/files?${q}` });
-      let status = 0;
-      let text = '';
-      req.setEncoding('utf8');
-      req.on('response', (h) => (status = Number(h[':status'])));
-      req.on('data', (d: string) => (text += d));
-      req.on('end', () => {
+      readReply(req, `write ${filePath}`).then(({ status, text }) => {
         if (status === 200) resolve(JSON.parse(text) as FileEntry);
         else reject(agentHttpError(status, text));
-      });
-      req.on('error', (e) => reject(new AgentError(0, `agent write ${filePath}: ${e.message}`)));
+      }, reject);
       if (typeof body === 'string' || Buffer.isBuffer(body)) req.end(body);
       else {
         body.on('error', (e) => {

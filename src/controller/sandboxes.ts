@@ -73,9 +73,9 @@ export class SandboxManager {
   /** The snapshot to spawn from, checked and with its memory image resolved (assembled for chains). */
   async resolveSnapshot(tag: string): Promise<{ s: LoadedSnapshot; memoryFile: string }> {
     const s = loadSnapshot(tag);
-    resolveChain(s);
+    const chain = resolveChain(s);
     await checkCompatible(s, this.vmm);
-    return { s, memoryFile: await residentImage(s) };
+    return { s, memoryFile: await residentImage(s, chain) };
   }
 
   async spawnOne(

@@ -240,7 +240,7 @@ export async function fork(
   if (opts.eval !== undefined && !opts.eval.trim())
     throw new ForkdError('bad_input', '--eval must not be empty', 'e.g. --eval "1+1"');
   const s = loadSnapshot(tag);
-  resolveChain(s);
+  const chain = resolveChain(s);
   const vmm = new QemuVmm();
   const { accel, reason } = await checkCompatible(s, vmm);
   const workDir = createWorkDir('fork', tag);
@@ -278,8 +278,8 @@ export async function fork(
   try {
     // Template overlay made once, copied per child (qemu-img per child costs ~10 ms each).
     const template = path.join(workDir, 'overlay-template.qcow2');
-    await createOverlay(template, await diskImage(s), 'qcow2');
-    const memoryFile = await memoryImage(s);
+    await createOverlay(template, await diskImage(s, chain), 'qcow2');
+    const memoryFile = await memoryImage(s, chain);
     const limit = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
     let next = 1;
     const worker = async () => {

@@ -1,11 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { ForkdError } from '../util/errors.js';
 import { forkdVersion } from '../util/project.js';
+import { hashingStream } from '../util/hash.js';
 import type { Reporter } from '../util/report.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
 import { resolveChain } from '../snapshot/assemble.js';
@@ -185,20 +185,13 @@ export async function packSnapshot(opts: PackOptions, rep: Reporter): Promise<Pa
     await small(MANIFEST_NAME, manifestBytes);
     if (signature) await small(SIGNATURE_NAME, Buffer.from(JSON.stringify(signature, null, 2) + '\n'));
     for (const e of all) {
-      const h = createHash('sha256');
-      let n = 0;
-      const hasher = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          h.update(chunk);
-          n += chunk.length;
-          done += chunk.length;
-          rep.progress('packing', done, total);
-          cb(null, chunk);
-        },
+      const tap = hashingStream((n) => {
+        done += n;
+        rep.progress('packing', done, total);
       });
       const entry = pack.entry({ name: e.name, size: e.size, mode: 0o644, mtime });
-      await pipeline(fs.createReadStream(e.src, { highWaterMark: 1 << 20 }), hasher, entry);
-      if (n !== e.size || h.digest('hex') !== e.sha256)
+      await pipeline(fs.createReadStream(e.src, { highWaterMark: 1 << 20 }), tap.stream, entry);
+      if (tap.bytes() !== e.size || tap.digest() !== e.sha256)
         throw new ForkdError(
           'corrupt_snapshot',
           `${e.src} changed since its snapshot was saved (its sha256 no longer matches snapshot.json)`,

@@ -1,12 +1,12 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import { createHash } from 'node:crypto';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { ForkdError } from '../util/errors.js';
 import { freeBytes } from '../util/fs.js';
+import { hashingStream } from '../util/hash.js';
 import type { Reporter } from '../util/report.js';
 
 export interface TransferResult {
@@ -15,23 +15,9 @@ export interface TransferResult {
   ms: number;
 }
 
-/** Hash (and count) what passes through, reporting progress. */
-function meter(
-  label: string,
-  total: number | undefined,
-  rep: Reporter,
-): { t: Transform; digest: () => string; n: () => number } {
-  const h = createHash('sha256');
-  let n = 0;
-  const t = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      h.update(chunk);
-      n += chunk.length;
-      rep.progress(label, n, total);
-      cb(null, chunk);
-    },
-  });
-  return { t, digest: () => h.digest('hex'), n: () => n };
+/** Hash and count what passes through, reporting progress. */
+function meter(label: string, total: number | undefined, rep: Reporter) {
+  return hashingStream((_n, done) => rep.progress(label, done, total));
 }
 
 /** Never print a presigned URL's query (it is a credential). */
@@ -94,12 +80,12 @@ export async function download(
     );
   const m = meter('downloading', total, rep);
   try {
-    await pipeline(body, m.t, fs.createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
+    await pipeline(body, m.stream, fs.createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
     const sha = m.digest();
-    if (expect.size !== undefined && m.n() !== expect.size)
+    if (expect.size !== undefined && m.bytes() !== expect.size)
       throw new ForkdError(
         'bad_pack',
-        `downloaded ${m.n()} bytes but the registry says ${expect.size}`,
+        `downloaded ${m.bytes()} bytes but the registry says ${expect.size}`,
         'the pack is incomplete or was replaced; do not use it',
       );
     if (expect.sha256 && sha !== expect.sha256.toLowerCase())
@@ -108,7 +94,7 @@ export async function download(
         `sha256 mismatch: the registry says ${expect.sha256.toLowerCase()}, the download is ${sha}. Refusing to unpack`,
         'the pack was corrupted in transit or replaced; try again, and tell the publisher if it persists',
       );
-    return { bytes: m.n(), sha256: sha, ms: performance.now() - t0 };
+    return { bytes: m.bytes(), sha256: sha, ms: performance.now() - t0 };
   } catch (e) {
     fs.rmSync(dest, { force: true });
     if (e instanceof ForkdError) throw e;
@@ -149,7 +135,7 @@ export async function upload(file: string, url: string, rep: Reporter): Promise<
       res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
     });
     req.on('error', reject);
-    pipeline(fs.createReadStream(file, { highWaterMark: 1 << 20 }), m.t, req).catch(reject);
+    pipeline(fs.createReadStream(file, { highWaterMark: 1 << 20 }), m.stream, req).catch(reject);
   }).catch((e: unknown) => {
     throw new ForkdError(
       'remote_failed',

@@ -78,6 +78,11 @@ export interface ExecResult {
   duration_ms: number;
 }
 
+/** An exec that produced nothing yet (or never ran). */
+export function emptyExecResult(): ExecResult {
+  return { stdout: '', stderr: '', exit_code: null, signal: null, timed_out: false, duration_ms: 0 };
+}
+
 export interface EvalRequest {
   code: string;
   language?: 'python' | 'js';

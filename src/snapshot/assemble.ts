@@ -61,28 +61,19 @@ function short(h: string | null): string {
 }
 
 /**
- * The memory file children of `s` map. A full snapshot maps its own memory.bin. A diff snapshot maps
- * its parent's image plus its pages, assembled once and cached under a name derived from every link's
- * content, so a changed link never reuses a stale image and spawns do not re-hash or re-copy.
+ * A cache entry: `out` as is when present; otherwise `build` writes a temporary file, which becomes
+ * read-only and is renamed into place, so a half-built entry is never seen under its name.
  */
-export async function memoryImage(s: LoadedSnapshot): Promise<string> {
-  if (s.meta.files.memory.kind === 'full') return path.join(s.dir, s.meta.files.memory.path);
-  const chain = resolveChain(s);
-  const key = createHash('sha256')
-    .update(chain.map((l) => l.meta.files.memory.sha256).join(':'))
-    .digest('hex')
-    .slice(0, 24);
-  const out = path.join(assembledDir(), `${s.tag}-${key}.mem`);
+async function cachedFile(
+  out: string,
+  build: (tmp: string) => Promise<void>,
+  dirMode = 0o755,
+): Promise<string> {
   if (fs.existsSync(out)) return out;
-  const parent = chain[chain.length - 2]!;
-  const base = await memoryImage(parent);
-  fs.mkdirSync(assembledDir(), { recursive: true });
-  const tmp = `${out}.tmp-${process.pid}`;
+  fs.mkdirSync(path.dirname(out), { recursive: true, mode: dirMode });
+  const tmp = `${out}.tmp-${process.pid}-${Date.now()}`;
   try {
-    // Sparse copy (and a reflink where the filesystem offers one), then the link's own pages on top.
-    await runOk('cp', ['--sparse=always', '--reflink=auto', base, tmp]);
-    fs.chmodSync(tmp, 0o644);
-    applyDiff(path.join(s.dir, s.meta.files.memory.path), tmp);
+    await build(tmp);
     fs.chmodSync(tmp, 0o444);
     fs.renameSync(tmp, out);
   } catch (e) {
@@ -92,48 +83,53 @@ export async function memoryImage(s: LoadedSnapshot): Promise<string> {
   return out;
 }
 
+function cacheKey(parts: string[], length = 24): string {
+  return createHash('sha256').update(parts.join(':')).digest('hex').slice(0, length);
+}
+
+/**
+ * The memory file children of `s` map. A full snapshot maps its own memory.bin. A diff snapshot maps
+ * its parent's image plus its pages, assembled once and cached under a name derived from every link's
+ * content, so a changed link never reuses a stale image and spawns do not re-hash or re-copy.
+ * `chain` is `resolveChain(s)` when the caller has it already.
+ */
+export async function memoryImage(s: LoadedSnapshot, chain?: LoadedSnapshot[]): Promise<string> {
+  if (s.meta.files.memory.kind === 'full') return path.join(s.dir, s.meta.files.memory.path);
+  const links = chain ?? resolveChain(s);
+  const out = path.join(
+    assembledDir(),
+    `${s.tag}-${cacheKey(links.map((l) => l.meta.files.memory.sha256))}.mem`,
+  );
+  return cachedFile(out, async (tmp) => {
+    const parent = links.slice(0, -1);
+    const base = await memoryImage(parent[parent.length - 1]!, parent);
+    // Sparse copy (and a reflink where the filesystem offers one), then the link's own pages on top.
+    await runOk('cp', ['--sparse=always', '--reflink=auto', base, tmp]);
+    fs.chmodSync(tmp, 0o644);
+    applyDiff(path.join(s.dir, s.meta.files.memory.path), tmp);
+  });
+}
+
 /**
  * The disk layer children of `s` stack their overlay on. A flat snapshot's own layer; for a chain link,
  * its layer with every ancestor layer folded in (rebased onto the raw root disk), made once per chain
  * content and cached, so a child of a depth-3 link opens the same two-file chain as a child of a flat
  * snapshot instead of one qcow2 per link.
  */
-export async function diskImage(s: LoadedSnapshot): Promise<string> {
+export async function diskImage(s: LoadedSnapshot, chain?: LoadedSnapshot[]): Promise<string> {
   const own = path.join(s.dir, s.meta.files.disk.path);
   if (!s.meta.lineage.parent_tag) return own;
-  const chain = resolveChain(s);
-  const key = createHash('sha256')
-    .update(chain.map((l) => l.meta.files.disk.sha256).join(':'))
-    .update(s.dir) // the cached layer names its base by absolute path
-    .digest('hex')
-    .slice(0, 24);
-  const out = path.join(assembledDir(), `${s.tag}-${key}.qcow2`);
-  if (fs.existsSync(out)) return out;
-  fs.mkdirSync(assembledDir(), { recursive: true });
-  const tmp = `${out}.tmp-${process.pid}`;
-  try {
+  const links = chain ?? resolveChain(s);
+  // s.dir is part of the key: the cached layer names its base by absolute path.
+  const key = cacheKey([...links.map((l) => l.meta.files.disk.sha256), s.dir]);
+  return cachedFile(path.join(assembledDir(), `${s.tag}-${key}.qcow2`), async (tmp) => {
     fs.copyFileSync(own, tmp);
     fs.chmodSync(tmp, 0o644);
     // The copy's relative backing (../<parent>/disk.qcow2) resolves from the cache dir too: both sit in
     // the snapshots dir. Rebasing onto the raw base copies in whatever the ancestor layers hold.
-    await runOk('qemu-img', [
-      'rebase',
-      '-q',
-      '-f',
-      'qcow2',
-      '-b',
-      path.join(s.dir, s.meta.files.base.path),
-      '-F',
-      'raw',
-      tmp,
-    ]);
-    fs.chmodSync(tmp, 0o444);
-    fs.renameSync(tmp, out);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  return out;
+    const base = path.join(s.dir, s.meta.files.base.path);
+    await runOk('qemu-img', ['rebase', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', tmp]);
+  });
 }
 
 /** tmpfs dir for memory images that running sandboxes map (see residentImage). */
@@ -147,22 +143,10 @@ export function residentDir(): string {
  * write-protection, which the kernel offers for anonymous and shmem memory but not for private
  * mappings of files on disk filesystems. The pages are shared by every child either way.
  */
-export async function residentImage(s: LoadedSnapshot): Promise<string> {
-  const src = await memoryImage(s);
-  const key = createHash('sha256').update(src).update(s.meta.files.memory.sha256).digest('hex').slice(0, 16);
-  const out = path.join(residentDir(), `${s.tag}-${key}.mem`);
-  if (fs.existsSync(out)) return out;
-  fs.mkdirSync(residentDir(), { recursive: true, mode: 0o700 });
-  const tmp = `${out}.tmp-${process.pid}-${Date.now()}`;
-  try {
-    await runOk('cp', ['--sparse=always', src, tmp]);
-    fs.chmodSync(tmp, 0o444);
-    fs.renameSync(tmp, out);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  return out;
+export async function residentImage(s: LoadedSnapshot, chain?: LoadedSnapshot[]): Promise<string> {
+  const src = await memoryImage(s, chain);
+  const out = path.join(residentDir(), `${s.tag}-${cacheKey([src, s.meta.files.memory.sha256], 16)}.mem`);
+  return cachedFile(out, (tmp) => runOk('cp', ['--sparse=always', src, tmp]).then(() => {}), 0o700);
 }
 
 /** Drop cached images of a tag (after it is deleted or re-created). */

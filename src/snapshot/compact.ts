@@ -22,14 +22,14 @@ export async function compactSnapshot(fromTag: string, toTag: string): Promise<S
   if (from === to)
     throw new ForkdError('bad_input', '--from and --to must differ', 'pick a new tag for the flat copy');
   const s = loadSnapshot(from);
-  resolveChain(s);
+  const chain = resolveChain(s);
   if (fs.existsSync(snapshotDir(to)))
     throw new ForkdError(
       'exists',
       `snapshot '${to}' already exists`,
       `pick another tag, or delete it: forkd rmi ${to}`,
     );
-  const mem = await memoryImage(s);
+  const mem = await memoryImage(s, chain);
   const staging = fs.mkdtempSync(path.join(snapshotsDir(), `.staging-${to}-`));
   writeOwner(staging, 'parent', to);
   try {

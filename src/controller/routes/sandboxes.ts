@@ -3,8 +3,9 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { ForkdError } from '../../util/errors.js';
 import type { ExecEvent, ExecRequest } from '../../protocol/agent-api.js';
+import { emptyExecResult } from '../../protocol/agent-api.js';
 import type { Controller } from '../controller.js';
-import { Tag } from './snapshots.js';
+import { MemoryLimitMib, Tag } from './snapshots.js';
 
 export const IdParams = z.object({
   id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'sandbox ids are [A-Za-z0-9_-]'),
@@ -21,13 +22,7 @@ const SpawnBody = z
     snapshot_tag: Tag,
     n: z.number().int().min(1).max(1000).default(1),
     per_child_netns: z.boolean().default(false),
-    memory_limit_mib: z
-      .number()
-      .int()
-      .min(64)
-      .max(1 << 20)
-      .nullable()
-      .optional(),
+    memory_limit_mib: MemoryLimitMib,
     /** seconds until the sandbox is killed (E2B: timeoutMs) */
     timeout: Timeout.nullable().optional(),
     envs: StrMap.default({}),
@@ -174,16 +169,7 @@ export const sandboxRoutes =
           throw e;
         });
         ctl.metrics.exec.observe((performance.now() - t0) / 1000);
-        if (!r)
-          return {
-            stdout: '',
-            stderr: '',
-            exit_code: null,
-            signal: null,
-            timed_out: false,
-            duration_ms: 0,
-            error,
-          };
+        if (!r) return { ...emptyExecResult(), error };
         return { ...r, error: r.timed_out ? `timed out after ${b.timeout_secs} s` : null };
       },
     );

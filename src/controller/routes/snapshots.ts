@@ -8,6 +8,14 @@ import { ForkdError } from '../../util/errors.js';
 import type { Controller } from '../controller.js';
 
 export const Tag = z.string().min(1).max(64);
+/** A sandbox's memory cap (cgroup), shared by spawn and workspace routes. */
+export const MemoryLimitMib = z
+  .number()
+  .int()
+  .min(64)
+  .max(1 << 20)
+  .nullable()
+  .optional();
 const TagParams = z.object({ tag: Tag });
 const QueryBool = z.stringbool().optional();
 

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { Controller } from '../controller.js';
-import { Tag } from './snapshots.js';
+import { MemoryLimitMib, Tag } from './snapshots.js';
 
 const NameParams = z.object({ name: Tag });
 
@@ -20,13 +20,7 @@ export const workspaceRoutes =
               name: Tag,
               snapshot_tag: Tag,
               per_child_netns: z.boolean().default(false),
-              memory_limit_mib: z
-                .number()
-                .int()
-                .min(64)
-                .max(1 << 20)
-                .nullable()
-                .optional(),
+              memory_limit_mib: MemoryLimitMib,
               envs: z.record(z.string(), z.string()).default({}),
             })
             .strict(),
