@@ -5,6 +5,19 @@ import { randomBytes } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { findAck, helloFrame, NONCE_BYTES } from '../protocol/resync.js';
 import { emptyExecResult } from '../protocol/agent-api.js';
+import type { z } from 'zod';
+import {
+  AgentErrorBodySchema,
+  EvalResultSchema,
+  ExecEventSchema,
+  FileEntrySchema,
+  FileListSchema,
+  firstIssue,
+  IdentityResultSchema,
+  PingSchema,
+  RemovedSchema,
+} from './replies.js';
+import { AgentWire } from './wire.js';
 import type {
   EvalRequest,
   EvalResult,
@@ -29,13 +42,43 @@ export class AgentError extends Error {
   }
 }
 
+/**
+ * Bounds on what a guest may send in one reply. Whatever runs in the guest can answer in the agent's
+ * place, so every size is capped: a reply past its cap fails that request with a named error (and the
+ * session is dropped), never the host process.
+ */
+export const AGENT_LIMITS = {
+  /** A JSON reply (eval results carry the code's stdout/stderr). */
+  replyBytes: 64 << 20,
+  /** One NDJSON line of an exec stream (the agent sends output in ≤64 KiB chunks). */
+  execLineBytes: 8 << 20,
+  /** stdout or stderr collected into an ExecResult; streamed events beyond it still reach onEvent. */
+  execOutputChars: 64 << 20,
+  /** An error message echoed from the guest. */
+  errorChars: 4096,
+  /** Liveness pings while requests are in flight; generous, for a loaded TCG host. */
+  pingIntervalMs: 10_000,
+  pingTimeoutMs: 20_000,
+};
+
 function agentHttpError(status: number, text: string): AgentError {
+  let body: unknown;
   try {
-    const b = JSON.parse(text) as { error?: string; code?: string };
-    return new AgentError(status, b.error ?? `HTTP ${status}`, b.code);
+    body = JSON.parse(text);
   } catch {
     return new AgentError(status, `HTTP ${status}`);
   }
+  const b = AgentErrorBodySchema.safeParse(body);
+  if (!b.success) return new AgentError(status, `HTTP ${status}`);
+  return new AgentError(status, b.data.error.slice(0, AGENT_LIMITS.errorChars), b.data.code?.slice(0, 64));
+}
+
+/** Validate a guest reply against its schema; a mismatch names the route and the first bad field. */
+function checked<T>(schema: z.ZodType, value: unknown, what: string, status: number): T {
+  const r = schema.safeParse(value);
+  if (!r.success)
+    throw new AgentError(status, `agent ${what}: malformed reply (${firstIssue(r.error)})`, 'EPROTO');
+  return r.data as T;
 }
 
 /** Open the unix socket QEMU serves for the agent port, retrying until it exists. */
@@ -107,25 +150,152 @@ async function resync(sock: net.Socket, deadline: number, signal?: AbortSignal):
   sock.pause();
 }
 
-/** The status and body text of one HTTP/2 reply; transport errors become AgentErrors naming `what`. */
-function readReply(req: http2.ClientHttp2Stream, what: string): Promise<{ status: number; text: string }> {
+/**
+ * The status and body text of one HTTP/2 reply, at most `limit` bytes; transport errors become
+ * AgentErrors naming `what`.
+ */
+function readReply(
+  req: http2.ClientHttp2Stream,
+  what: string,
+  limit = AGENT_LIMITS.replyBytes,
+): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     let status = 0;
-    let text = '';
-    req.setEncoding('utf8');
-    req.on('response', (h) => (status = Number(h[':status'])));
-    req.on('data', (d: string) => (text += d));
-    req.on('end', () => resolve({ status, text }));
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('response', (h) => (status = Number(h[':status']) || 0));
+    req.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size > limit) {
+        req.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new AgentError(0, `agent ${what}: reply larger than ${limit} bytes`, 'E2BIG'));
+        return;
+      }
+      chunks.push(d);
+    });
+    req.on('end', () => resolve({ status, text: Buffer.concat(chunks).toString('utf8') }));
     req.on('error', (e) => reject(new AgentError(0, `agent ${what}: ${e.message}`)));
   });
 }
 
 /** Host-side client of the guest agent: HTTP/2 over the virtio-serial port's unix socket. */
 export class AgentClient {
+  /** Why this session can no longer be used; set once, on the first sign of trouble. */
+  private lost: string | undefined;
+  /** Rejecters of requests in flight, failed at once when the session is lost. */
+  private readonly inflight = new Set<(e: AgentError) => void>();
+  private keepalive: NodeJS.Timeout | undefined;
+
   private constructor(
     private readonly session: http2.ClientHttp2Session,
     private readonly sock: net.Socket,
-  ) {}
+    wire: AgentWire,
+  ) {
+    // A restarted agent announces itself, and bytes that are not the agent protocol make our HTTP/2
+    // stack give up on the session (wire.ts sees both): everything in flight fails now, naming the
+    // cause, instead of waiting for a timeout, and the next request resyncs.
+    wire.on('lost', (why: string) => this.markLost(why));
+    session.on('error', (e) => this.markLost(`the agent session failed: ${e.message}`));
+    session.on('goaway', () => this.markLost('the guest agent closed its session'));
+    session.on('close', () => this.markLost('the agent session closed'));
+    sock.on('close', () => this.markLost('the agent socket closed (QEMU exited?)'));
+  }
+
+  private markLost(why: string): void {
+    if (this.lost) return;
+    this.lost = why;
+    for (const fail of [...this.inflight]) fail(new AgentError(0, why, 'ECONNRESET'));
+    this.inflight.clear();
+    clearInterval(this.keepalive);
+    if (!this.session.destroyed) this.session.destroy();
+    this.sock.destroy();
+  }
+
+  /**
+   * While requests are in flight, PING the agent now and then. Its HTTP/2 stack answers by itself, even
+   * while a command runs for hours; a guest that stopped answering (frozen, or whatever holds the port
+   * sent half a frame) fails the requests instead of holding them for ever.
+   */
+  private watchLiveness(): void {
+    if (this.keepalive) return;
+    this.keepalive = setInterval(() => {
+      const timer = setTimeout(
+        () =>
+          this.markLost(
+            `the guest agent stopped answering (no reply to a ping in ${AGENT_LIMITS.pingTimeoutMs / 1000} s)`,
+          ),
+        AGENT_LIMITS.pingTimeoutMs,
+      );
+      try {
+        this.session.ping(() => clearTimeout(timer));
+      } catch {
+        clearTimeout(timer);
+      }
+    }, AGENT_LIMITS.pingIntervalMs);
+    this.keepalive.unref();
+  }
+
+  /**
+   * Run one request so that losing the session fails it at once; a request that runs past its own
+   * timeout also drops the session (the guest stopped answering: the next request must resync).
+   */
+  private tracked<T>(
+    what: string,
+    timeoutMs: number | undefined,
+    start: (resolve: (v: T) => void, reject: (e: Error) => void) => http2.ClientHttp2Stream | undefined,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.lost) {
+        reject(new AgentError(0, `agent ${what}: ${this.lost}`, 'ECONNRESET'));
+        return;
+      }
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        settled = true;
+        clearTimeout(timer);
+        this.inflight.delete(onLost);
+        if (!this.inflight.size) {
+          clearInterval(this.keepalive);
+          this.keepalive = undefined;
+        }
+      };
+      const onLost = (e: AgentError) => {
+        if (settled) return;
+        done();
+        reject(new AgentError(0, `agent ${what}: ${e.message}`, e.code));
+      };
+      this.inflight.add(onLost);
+      this.watchLiveness();
+      let stream: http2.ClientHttp2Stream | undefined;
+      try {
+        stream = start(
+          (v) => {
+            if (settled) return;
+            done();
+            resolve(v);
+          },
+          (e) => {
+            if (settled) return;
+            done();
+            reject(e);
+          },
+        );
+      } catch (e) {
+        done();
+        reject(new AgentError(0, `agent session closed: ${(e as Error).message}`, 'ECONNRESET'));
+        return;
+      }
+      if (timeoutMs !== undefined)
+        timer = setTimeout(() => {
+          if (settled) return;
+          done();
+          stream?.close(http2.constants.NGHTTP2_CANCEL);
+          reject(new AgentError(0, `agent ${what}: no answer within ${timeoutMs} ms`, 'ETIMEDOUT'));
+          this.markLost(`a request got no answer within ${timeoutMs} ms`);
+        }, timeoutMs);
+    });
+  }
 
   static async connect(
     socketPath: string,
@@ -139,9 +309,9 @@ export class AgentClient {
       sock.destroy();
       throw new ForkdError('agent_failed', (e as Error).message);
     }
-    const session = http2.connect('http://forkd-agent', { createConnection: () => sock });
-    session.on('error', () => {});
-    return new AgentClient(session, sock);
+    const wire = new AgentWire(sock);
+    const session = http2.connect('http://forkd-agent', { createConnection: () => wire });
+    return new AgentClient(session, sock, wire);
   }
 
   private request(
@@ -150,48 +320,45 @@ export class AgentClient {
     body?: unknown,
     timeoutMs = 60_000,
   ): Promise<{ status: number; text: string }> {
-    return new Promise((resolve, reject) => {
-      let req: http2.ClientHttp2Stream;
-      try {
-        req = this.session.request({ ':method': method, ':path': path, 'content-type': 'application/json' });
-      } catch (e) {
-        reject(new AgentError(0, `agent session closed: ${(e as Error).message}`));
-        return;
-      }
-      const timer = setTimeout(() => {
-        req.close(http2.constants.NGHTTP2_CANCEL);
-        reject(new AgentError(0, `agent ${method} ${path}: no answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      readReply(req, `${method} ${path}`)
-        .then(resolve, reject)
-        .finally(() => clearTimeout(timer));
+    return this.tracked(`${method} ${path.split('?')[0]}`, timeoutMs, (resolve, reject) => {
+      const req = this.session.request({
+        ':method': method,
+        ':path': path,
+        'content-type': 'application/json',
+      });
+      readReply(req, `${method} ${path.split('?')[0]}`).then(resolve, reject);
       req.end(body === undefined ? undefined : JSON.stringify(body));
+      return req;
     });
   }
 
   private async json<T>(
+    schema: z.ZodType,
     method: 'GET' | 'POST',
     path: string,
     body?: unknown,
     timeoutMs?: number,
   ): Promise<T> {
     const r = await this.request(method, path, body, timeoutMs);
+    const what = path.split('?')[0]!;
+    if (r.status >= 400) throw agentHttpError(r.status, r.text);
     let parsed: unknown;
     try {
       parsed = JSON.parse(r.text);
     } catch {
-      throw new AgentError(r.status, `agent ${path}: non-JSON answer (HTTP ${r.status})`);
+      throw new AgentError(r.status, `agent ${what}: non-JSON answer (HTTP ${r.status})`, 'EPROTO');
     }
-    if (r.status >= 400) throw agentHttpError(r.status, r.text);
-    return parsed as T;
+    if (r.status !== 200)
+      throw new AgentError(r.status, `agent ${what}: unexpected HTTP ${r.status}`, 'EPROTO');
+    return checked<T>(schema, parsed, what, r.status);
   }
 
   ping(timeoutMs = 10_000): Promise<PingResponse> {
-    return this.json('GET', '/v1/ping', undefined, timeoutMs);
+    return this.json(PingSchema, 'GET', '/v1/ping', undefined, timeoutMs);
   }
 
   identity(id: Identity): Promise<IdentityResult> {
-    return this.json('POST', '/v1/identity', id, 30_000);
+    return this.json(IdentityResultSchema, 'POST', '/v1/identity', id, 30_000);
   }
 
   /** Tell a freshly restored child who it is: its id as hostname, the host's clock, fresh entropy. */
@@ -206,12 +373,18 @@ export class AgentClient {
 
   eval(req: EvalRequest): Promise<EvalResult> {
     const t = req.timeout_ms && req.timeout_ms > 0 ? req.timeout_ms + 10_000 : 24 * 3600_000;
-    return this.json('POST', '/v1/eval', req, t);
+    return this.json(EvalResultSchema, 'POST', '/v1/eval', req, t);
   }
 
-  /** Run a command; `onEvent` sees output as it streams. Resolves with the collected result. */
+  /**
+   * Run a command; `onEvent` sees output as it streams. Resolves with the collected result (stdout and
+   * stderr each capped at AGENT_LIMITS.execOutputChars, `truncated` set past it). Every line the guest
+   * sends is parsed and validated; a bad one fails this exec, nothing else.
+   */
   exec(req: ExecRequest, onEvent?: (ev: ExecEvent) => void): Promise<ExecResult> {
-    return new Promise((resolve, reject) => {
+    // The guest enforces timeout_ms; this guard only catches a guest that stops answering.
+    const guardMs = req.timeout_ms && req.timeout_ms > 0 ? req.timeout_ms + 30_000 : undefined;
+    return this.tracked<ExecResult>('exec', guardMs, (resolve, reject) => {
       const req2 = this.session.request({
         ':method': 'POST',
         ':path': '/v1/exec',
@@ -222,21 +395,47 @@ export class AgentClient {
       let buf = '';
       let failure: string | undefined;
       let exited = false;
-      req2.setEncoding('utf8');
-      req2.on('response', (h) => (status = Number(h[':status'])));
-      req2.on('data', (d: string) => {
-        buf += d;
-        if (status >= 400) return;
+      let broken: AgentError | undefined;
+      const fail = (e: AgentError) => {
+        if (broken) return;
+        broken = e;
+        req2.close(http2.constants.NGHTTP2_CANCEL);
+        reject(e);
+      };
+      const collect = (which: 'stdout' | 'stderr', data: string) => {
+        const room = AGENT_LIMITS.execOutputChars - res[which].length;
+        if (data.length > room) res.truncated = true;
+        if (room > 0) res[which] += data.length > room ? data.slice(0, room) : data;
+      };
+      // Lines are parsed once the status is known: 'response' is emitted on a later tick than the
+      // first data can arrive, and an error reply's body is JSON, not NDJSON.
+      const drain = () => {
+        if (broken || status === 0) return;
+        if (status >= 400) {
+          if (buf.length > AGENT_LIMITS.errorChars * 4)
+            fail(new AgentError(status, 'agent exec: oversized error reply', 'E2BIG'));
+          return;
+        }
         let nl: number;
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
           if (!line) continue;
-          const ev = JSON.parse(line) as ExecEvent;
+          let raw: unknown;
+          try {
+            raw = JSON.parse(line);
+          } catch {
+            return fail(new AgentError(0, 'agent exec: the guest sent a line that is not JSON', 'EPROTO'));
+          }
+          const parsed = ExecEventSchema.safeParse(raw);
+          if (!parsed.success)
+            return fail(
+              new AgentError(0, `agent exec: malformed event (${firstIssue(parsed.error)})`, 'EPROTO'),
+            );
+          const ev = parsed.data as ExecEvent;
           onEvent?.(ev);
-          if (ev.type === 'stdout') res.stdout += ev.data;
-          else if (ev.type === 'stderr') res.stderr += ev.data;
-          else if (ev.type === 'error') failure = ev.error;
+          if (ev.type === 'stdout' || ev.type === 'stderr') collect(ev.type, ev.data);
+          else if (ev.type === 'error') failure = ev.error.slice(0, AGENT_LIMITS.errorChars);
           else if (ev.type === 'exit') {
             exited = true;
             Object.assign(res, {
@@ -247,36 +446,38 @@ export class AgentClient {
             });
           }
         }
+      };
+      req2.setEncoding('utf8');
+      req2.on('response', (h) => {
+        status = Number(h[':status']) || 500;
+        drain();
+      });
+      req2.on('data', (d: string) => {
+        if (broken) return;
+        buf += d;
+        drain();
+        if (buf.length > AGENT_LIMITS.execLineBytes)
+          fail(
+            new AgentError(0, `agent exec: a line longer than ${AGENT_LIMITS.execLineBytes} bytes`, 'E2BIG'),
+          );
       });
       req2.on('end', () => {
-        if (status >= 400) {
-          let msg = `HTTP ${status}`;
-          try {
-            msg = (JSON.parse(buf) as { error: string }).error;
-          } catch {
-            /* keep status */
-          }
-          reject(new AgentError(status, msg));
-        } else if (failure) reject(new AgentError(500, failure));
+        drain();
+        if (broken) return;
+        if (status >= 400) reject(agentHttpError(status, buf));
+        else if (failure) reject(new AgentError(500, failure));
         else if (!exited) reject(new AgentError(0, 'exec stream ended without an exit status'));
         else resolve(res);
       });
       req2.on('error', (e) => reject(new AgentError(0, `agent exec: ${e.message}`)));
-      // The guest enforces timeout_ms; this only guards against a guest that stops answering.
-      if (req.timeout_ms && req.timeout_ms > 0) {
-        const guard = setTimeout(() => {
-          req2.close(http2.constants.NGHTTP2_CANCEL);
-          reject(new AgentError(0, `agent exec: no exit status ${req.timeout_ms! + 30_000} ms after start`));
-        }, req.timeout_ms + 30_000);
-        req2.on('close', () => clearTimeout(guard));
-      }
       req2.end(JSON.stringify(req));
+      return req2;
     });
   }
 
   /** Stream a guest file. Resolves once the guest answered 200, with the body stream. */
   readFile(filePath: string): Promise<{ stream: Readable; size: number | undefined }> {
-    return new Promise((resolve, reject) => {
+    return this.tracked('read file', 60_000, (resolve, reject) => {
       const req = this.session.request({
         ':method': 'GET',
         ':path': `/v1/files?path=${encodeURIComponent(filePath)}`,
@@ -284,28 +485,37 @@ export class AgentClient {
       req.on('response', (h) => {
         const status = Number(h[':status']);
         if (status === 200) {
-          const len = h['content-length'];
-          resolve({ stream: req, size: len === undefined ? undefined : Number(len) });
+          const len = Number(h['content-length']);
+          resolve({ stream: req, size: Number.isSafeInteger(len) && len >= 0 ? len : undefined });
           return;
         }
-        let text = '';
-        req.setEncoding('utf8');
-        req.on('data', (d: string) => (text += d));
-        req.on('end', () => reject(agentHttpError(status, text)));
+        readReply(req, `read ${filePath}`, AGENT_LIMITS.errorChars * 4).then(
+          ({ text }) => reject(agentHttpError(status, text)),
+          reject,
+        );
       });
       req.on('error', (e) => reject(new AgentError(0, `agent read ${filePath}: ${e.message}`)));
       req.end();
+      return req;
     });
   }
 
   /** Stream `body` into a guest file (written to a temp file, renamed into place). */
   writeFile(filePath: string, body: Readable | Buffer | string, mode?: number): Promise<FileEntry> {
-    return new Promise((resolve, reject) => {
+    return this.tracked<FileEntry>('write file', undefined, (resolve, reject) => {
       const q = `path=${encodeURIComponent(filePath)}${mode === undefined ? '' : `&mode=${mode.toString(8)}`}`;
       const req = this.session.request({ ':method': 'PUT', ':path': `/v1/files?${q}` });
-      readReply(req, `write ${filePath}`).then(({ status, text }) => {
-        if (status === 200) resolve(JSON.parse(text) as FileEntry);
-        else reject(agentHttpError(status, text));
+      readReply(req, `write ${filePath}`, AGENT_LIMITS.errorChars * 4).then(({ status, text }) => {
+        if (status !== 200) return reject(agentHttpError(status, text));
+        try {
+          resolve(checked<FileEntry>(FileEntrySchema, JSON.parse(text), 'write file', status));
+        } catch (e) {
+          reject(
+            e instanceof AgentError
+              ? e
+              : new AgentError(status, 'agent write file: non-JSON answer', 'EPROTO'),
+          );
+        }
       }, reject);
       if (typeof body === 'string' || Buffer.isBuffer(body)) req.end(body);
       else {
@@ -315,32 +525,37 @@ export class AgentClient {
         });
         body.pipe(req);
       }
+      return req;
     });
   }
 
   listFiles(dir: string, depth = 1): Promise<{ entries: FileEntry[] }> {
-    return this.json('GET', `/v1/files/list?path=${encodeURIComponent(dir)}&depth=${depth}`);
+    return this.json(FileListSchema, 'GET', `/v1/files/list?path=${encodeURIComponent(dir)}&depth=${depth}`);
   }
 
   statFile(filePath: string): Promise<FileEntry> {
-    return this.json('GET', `/v1/files/stat?path=${encodeURIComponent(filePath)}`);
+    return this.json(FileEntrySchema, 'GET', `/v1/files/stat?path=${encodeURIComponent(filePath)}`);
   }
 
   removeFile(filePath: string, recursive = false): Promise<{ removed: string }> {
-    return this.json('POST', '/v1/files/remove', { path: filePath, recursive });
+    return this.json(RemovedSchema, 'POST', '/v1/files/remove', { path: filePath, recursive });
   }
 
   makeDir(dir: string): Promise<FileEntry> {
-    return this.json('POST', '/v1/files/mkdir', { path: dir });
+    return this.json(FileEntrySchema, 'POST', '/v1/files/mkdir', { path: dir });
   }
 
   /** Whether the HTTP/2 session to the agent is still usable. */
   get usable(): boolean {
-    return !this.session.closed && !this.session.destroyed && !this.sock.destroyed;
+    return !this.lost && !this.session.closed && !this.session.destroyed && !this.sock.destroyed;
+  }
+
+  /** Why the session became unusable, if it did. */
+  get lostReason(): string | undefined {
+    return this.lost;
   }
 
   close(): void {
-    this.session.close();
-    this.sock.destroy();
+    this.markLost('closed by forkd');
   }
 }

@@ -24,6 +24,9 @@ const STATUS: Record<ErrorCode, number> = {
   internal: 500,
 };
 
+const MAX_ISSUES = 5;
+const MAX_MESSAGE = 2000;
+
 export interface ErrorBody {
   error: string;
   code?: string;
@@ -42,14 +45,20 @@ export function errorHandler(err: FastifyError | Error, req: FastifyRequest, rep
     body = { error: `guest agent: ${err.message}`, code: err.code ?? 'agent_error' };
   } else if (hasZodFastifySchemaValidationErrors(err)) {
     status = 400;
-    const issues = err.validation.map((v) => {
+    // An error echoes a few issues, each short: never one line per element of a huge bad array.
+    const shown = err.validation.slice(0, MAX_ISSUES).map((v) => {
       const where = v.instancePath
         ? v.instancePath.replace(/^\//, '').replaceAll('/', '.')
         : err.validationContext;
-      return `${where}: ${v.message}`;
+      return `${String(where).slice(0, 100)}: ${String(v.message).slice(0, 200)}`;
     });
+    const more = err.validation.length - shown.length;
     body = {
-      error: `invalid request ${err.validationContext ?? ''}: ${issues.join('; ')}`.replace('  ', ' '),
+      error:
+        `invalid request ${err.validationContext ?? ''}: ${shown.join('; ')}${more > 0 ? ` (and ${more} more)` : ''}`.replace(
+          '  ',
+          ' ',
+        ),
       code: 'bad_input',
     };
   } else {
@@ -59,5 +68,6 @@ export function errorHandler(err: FastifyError | Error, req: FastifyRequest, rep
       body = { error: fe.message, code: fe.code ?? 'bad_request' };
     } else req.log.error({ err }, 'request failed');
   }
+  if (body.error.length > MAX_MESSAGE) body.error = `${body.error.slice(0, MAX_MESSAGE)}…`;
   void reply.status(status).type('application/json').send(body);
 }

@@ -131,6 +131,11 @@ program
     };
     process.on('SIGINT', () => void shutdown('SIGINT'));
     process.on('SIGTERM', () => void shutdown('SIGTERM'));
+    // Last line of defence: a promise nobody awaited (a guest's connection failing after its request
+    // was answered, say) is logged; it must not take every other sandbox's daemon down with it.
+    process.on('unhandledRejection', (e) =>
+      app.log.error({ err: e }, 'unhandled rejection (a bug in forkd; the daemon keeps running)'),
+    );
   });
 
 program.parseAsync(process.argv).catch((e: unknown) => {

@@ -7,6 +7,7 @@ import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
 import { accelArgs, BASE_FLAGS } from '../vmm/qemu-argv.js';
 import type { Accel } from '../vmm/types.js';
 import { ForkdError } from '../util/errors.js';
+import { hostTsc, tscCmdline } from './tsc.js';
 
 export interface AccelProbe {
   accel: Accel;
@@ -116,11 +117,13 @@ function writeCachedProbe(p: AccelProbe): void {
 }
 
 /** Boot vmlinux + initramfs with forkd.probe=1 (init prints a marker and powers off). */
-export function bootProbe(
+export async function bootProbe(
   accel: Accel,
   vmlinux: string,
   initramfs: string,
 ): Promise<{ ok: boolean; ms: number; detail: string }> {
+  // The TSC rate too, so that the probe never hangs on clock calibration (see tsc.ts).
+  const tscArgs = tscCmdline(await hostTsc());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-probe-'));
   const consoleLog = path.join(dir, 'console.log');
   const args = [
@@ -141,7 +144,7 @@ export function bootProbe(
     '-initrd',
     initramfs,
     '-append',
-    'console=ttyS0 quiet panic=-1 forkd.probe=1',
+    ['console=ttyS0 quiet panic=-1 forkd.probe=1', ...tscArgs].join(' '),
   ];
   const t0 = Date.now();
   return new Promise((resolve) => {
@@ -175,12 +178,12 @@ export function bootProbe(
       PROBE_TIMEOUT_MS,
     );
     p.on('error', (e) => finish(false, e.message));
-    p.on('exit', (code) => {
+    p.on('exit', (code, signal) => {
       if (seen()) finish(true, 'ok');
       else
         finish(
           false,
-          `QEMU exited with ${code}: ${stderr.trim().split('\n').slice(-2).join(' ') || 'no output'}`,
+          `QEMU ${code === null ? `was killed by ${signal}` : `exited with code ${code}`}: ${stderr.trim().split('\n').slice(-2).join(' ') || 'no output'}`,
         );
     });
   });

@@ -9,6 +9,7 @@ import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
 import { listImages } from '../image/build.js';
 import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
 import { probeAccel, readCachedProbe } from './accel.js';
+import { hostTsc } from './tsc.js';
 
 export type Status = 'PASS' | 'WARN' | 'FAIL' | 'SKIP';
 export interface Check {
@@ -112,6 +113,24 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
       ),
     );
   }
+
+  // TCG guests get the host's TSC rate on their command line; without it their boots can hang.
+  const tsc = await hostTsc();
+  const usesTcg = process.env.FORKD_ACCEL ? process.env.FORKD_ACCEL === 'tcg' : probe?.accel !== 'kvm';
+  out.push(
+    tsc
+      ? check(
+          'tsc',
+          'PASS',
+          `host TSC ${(tsc.khz / 1000).toFixed(3)} MHz, from ${tsc.source}; TCG guests boot with tsc_early_khz=${tsc.khz}`,
+        )
+      : check(
+          'tsc',
+          usesTcg ? 'WARN' : 'SKIP',
+          'host TSC frequency unknown (no kernel log line, no invariant TSC in /proc/cpuinfo): TCG guests must calibrate against an emulated timer, which can hang their boot on a loaded host',
+          "set FORKD_TSC_KHZ to the host's TSC frequency in kHz",
+        ),
+  );
 
   // QEMU and the tools forkd drives.
   if (commandExists(qemuBinary())) {

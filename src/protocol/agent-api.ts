@@ -76,6 +76,8 @@ export interface ExecResult {
   signal: string | null;
   timed_out: boolean;
   duration_ms: number;
+  /** Set when stdout or stderr was longer than the host collects (the stream still carried it all). */
+  truncated?: boolean;
 }
 
 /** An exec that produced nothing yet (or never ran). */

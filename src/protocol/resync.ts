@@ -13,6 +13,14 @@
  */
 export const HELLO = Buffer.from('f0726b64a9c31e57d40b8e22c16f9a4d3b7e05c8d2a1f649', 'hex');
 export const ACK = Buffer.from('f0726b64a9c31e57d40b8e22c16f9a4d3b7e05c8d2a1f64a', 'hex');
+/**
+ * Written by the agent once when it starts. A host that still has a session with the agent's previous
+ * instance (the agent crashed, was OOM-killed, or the user's code killed it) must learn of it at once:
+ * read as HTTP/2, these bytes are a frame header of length 0xf0726b (15.7 MB), above every allowed
+ * SETTINGS_MAX_FRAME_SIZE, so the host's HTTP/2 stack fails that session with FRAME_SIZE_ERROR
+ * (RFC 9113 §4.2), and the host resyncs on its next request. A host in its handshake ignores it.
+ */
+export const STARTED = Buffer.from('f0726b64a9c31e57d40b8e22c16f9a4d3b7e05c8d2a1f64b', 'hex');
 export const NONCE_BYTES = 16;
 export const FRAME_BYTES = HELLO.length + NONCE_BYTES;
 

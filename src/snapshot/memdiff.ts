@@ -113,21 +113,47 @@ export interface DiffHeader {
   dataOffset: number;
 }
 
+/**
+ * Read and validate a diff's header. A diff may come from an unpacked pack, so nothing in it is trusted:
+ * the page size, every run's bounds and order, and the file's exact length are checked before a single
+ * page is written anywhere, and every failure is a named corrupt_snapshot error.
+ */
 export function readDiffHeader(file: string): DiffHeader {
   const fd = fs.openSync(file, 'r');
   try {
+    const fileSize = fs.fstatSync(fd).size;
+    const bad = (why: string) => new ForkdError('corrupt_snapshot', `memory diff ${file} is corrupt: ${why}`);
     const head = Buffer.alloc(24);
     if (fs.readSync(fd, head, 0, 24, 0) !== 24 || !head.subarray(0, 8).equals(MAGIC))
       throw new ForkdError('corrupt_snapshot', `${file} is not a forkd memory diff`);
     const logicalSize = Number(head.readBigUInt64LE(8));
+    const pageSize = head.readUInt32LE(16);
     const count = head.readUInt32LE(20);
+    if (pageSize !== PAGE) throw bad(`page size ${pageSize}, expected ${PAGE}`);
+    if (!Number.isSafeInteger(logicalSize) || logicalSize <= 0 || logicalSize % PAGE !== 0)
+      throw bad(`memory size ${logicalSize} is not a positive multiple of ${PAGE}`);
+    // The table must fit in the file before it is allocated: a forged count cannot claim gigabytes.
+    if (24 + count * 12 > fileSize) throw bad(`run table of ${count} runs is longer than the file`);
     const table = Buffer.alloc(count * 12);
-    if (fs.readSync(fd, table, 0, table.length, 24) !== table.length)
-      throw new ForkdError('corrupt_snapshot', `${file}: truncated run table`);
+    if (fs.readSync(fd, table, 0, table.length, 24) !== table.length) throw bad('truncated run table');
+    const totalPages = logicalSize / PAGE;
     const runs: Array<[number, number]> = [];
-    for (let k = 0; k < count; k++)
-      runs.push([Number(table.readBigUInt64LE(k * 12)), table.readUInt32LE(k * 12 + 8)]);
-    return { logicalSize, runs, dataOffset: 24 + table.length };
+    let nextFree = 0;
+    let dataPages = 0;
+    for (let k = 0; k < count; k++) {
+      const first = Number(table.readBigUInt64LE(k * 12));
+      const n = table.readUInt32LE(k * 12 + 8);
+      if (n < 1 || n > MAX_RUN_PAGES) throw bad(`run ${k} has ${n} pages (1..${MAX_RUN_PAGES} allowed)`);
+      if (first < nextFree) throw bad(`run ${k} overlaps or is out of order`);
+      if (first + n > totalPages) throw bad(`run ${k} ends past the ${logicalSize}-byte memory`);
+      nextFree = first + n;
+      dataPages += n;
+      runs.push([first, n]);
+    }
+    const dataOffset = 24 + table.length;
+    if (dataOffset + dataPages * PAGE !== fileSize)
+      throw bad(`${fileSize} bytes, but its runs need ${dataOffset + dataPages * PAGE}`);
+    return { logicalSize, runs, dataOffset };
   } finally {
     fs.closeSync(fd);
   }

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { EventEmitter } from 'node:events';
-import { HelloScanner, ackFrame } from '../../protocol/resync.js';
+import { HelloScanner, STARTED, ackFrame } from '../../protocol/resync.js';
 
 /** Find the character device of the named virtio-serial port (no udev in the guest). */
 export function findPortDevice(name: string, sysDir = '/sys/class/virtio-ports'): string | undefined {
@@ -51,7 +51,9 @@ export class PortTransport extends EventEmitter {
     return this.epoch;
   }
 
+  /** Start reading, after telling a host that may still hold a session with a previous agent. */
   start(): void {
+    this.enqueue(this.epoch, STARTED, () => {});
     void this.readLoop();
   }
 
