@@ -187,10 +187,7 @@ async function main(): Promise<void> {
   await sleep(3000);
   const memFile = path.join(process.env.XDG_DATA_HOME!, 'forkd', 'snapshots', 'bench0', 'memory.bin');
   const mems = idle.running!.map((c) => childMemory(c.vm.pid, memFile));
-  for (const c of idle.running!) {
-    c.agent.close();
-    await c.vm.destroy();
-  }
+  await idle.release!();
   fs.rmSync(idle.work_dir, { recursive: true, force: true });
   rows.push({
     metric: 'idle child: VMM private dirty',

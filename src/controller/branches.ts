@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
-import { runDir } from '../util/paths.js';
+import { createWorkDir } from '../fork/workdir.js';
 import { branchSandbox, type BranchStarted } from '../snapshot/branch.js';
 import { validateTag } from '../snapshot/tag.js';
 import { loadSnapshot, snapshotDir, snapshotExists } from '../snapshot/store.js';
@@ -126,7 +126,8 @@ export class BranchManager {
           memoryFile: rec.memory_file,
           activeDisk,
           nextDisk: path.join(rec.work_dir, `disk-${gen}.qcow2`),
-          workDir: path.join(runDir(), `forkd-branch-${randomBytes(4).toString('hex')}`),
+          // Owned by this daemon (owner.json), so `forkd cleanup` sweeps it if the daemon dies mid-branch.
+          workDir: createWorkDir('branch', tag),
         },
         tag,
         mode,

@@ -225,7 +225,7 @@ function round<T extends object>(o: T): T {
 export async function fork(
   opts: ForkOptions,
   rep: Reporter,
-): Promise<ForkReport & { running?: RunningChild[] }> {
+): Promise<ForkReport & { running?: RunningChild[]; release?: () => Promise<void> }> {
   const tag = validateTag(opts.tag);
   const n = validateCount(opts.n);
   const settle = opts.settleSecs ?? 0;
@@ -348,8 +348,12 @@ export async function fork(
       children: reports,
     };
     if (opts.keepRunning) {
-      unregister();
-      return { ...report, running };
+      // The caller owns the children now: `release` frees all of it (QEMUs, taps, work dir).
+      const release = async () => {
+        unregister();
+        await teardown();
+      };
+      return { ...report, running, release };
     }
     await teardown();
     unregister();

@@ -6,8 +6,8 @@ import { processIdentity, sameProcessAlive } from '../util/proc.js';
 import { ForkdError } from '../util/errors.js';
 
 /** Work dirs are named forkd-<kind>-<tag>-<pid>; `owner.json` says who created them. */
-export type WorkKind = 'fork' | 'parent';
-export const WORK_PREFIXES = ['forkd-fork-', 'forkd-parent-'];
+export type WorkKind = 'fork' | 'parent' | 'branch';
+export const WORK_PREFIXES = ['forkd-fork-', 'forkd-parent-', 'forkd-branch-'];
 
 export interface OwnerRecord {
   kind: WorkKind;

@@ -127,10 +127,8 @@ export async function deriveSnapshot(o: DeriveOptions, rep: Reporter): Promise<D
       totalMs: performance.now() - t0,
     };
   } finally {
-    for (const c of report.running ?? []) {
-      c.agent.close();
-      await c.vm.destroy();
-    }
+    // Everything the transient child had: QEMU, its tap (a --net snapshot's), the work dir.
+    await report.release?.();
     fs.rmSync(report.work_dir, { recursive: true, force: true });
   }
 }

@@ -382,6 +382,46 @@ describe('controller daemon on real VMs', { timeout: 30 * 60_000 }, () => {
     assert.match(down.stderr, /cannot reach the forkd controller/);
   });
 
+  it('a hostile guest: its agent killed, garbage on the agent port; only that sandbox errs, and it recovers', async () => {
+    const [a, b] = await c.spawnSandboxes({ snapshotTag: TAG, n: 2 });
+    assert.ok(a!.ok && b!.ok);
+    const agentPid = "$(pgrep -f '^/usr/bin/node /opt/forkd/src/guest/agent/main.js')";
+    // 1. The agent is killed while an exec is in flight; its supervisor restarts it at once.
+    await sh(a!.id!, `setsid sh -c "sleep 1; kill -9 ${agentPid}" >/dev/null 2>&1 </dev/null &`);
+    await assert.rejects(c.execCommand(a!.id!, 'sleep 20; echo never'), /restarted/);
+    assert.equal(await sh(a!.id!, 'echo back'), 'back\n', 'the next request resyncs with the new agent');
+    // 2. Code in the guest kills the agent and takes the port before the supervisor restarts it (the
+    //    restarted agent cannot open a port that is in use, and is retried), writes garbage, a 4 MiB
+    //    line and half an HTTP/2 frame to the host in the agent's place, then lets the agent back.
+    await sh(
+      a!.id!,
+      `cat > /root/attack.sh <<'ATTACK'
+agent=${agentPid}
+port=/dev/$(basename $(dirname $(grep -l org.forkd.agent /sys/class/virtio-ports/*/name)))
+sleep 1
+kill -9 $agent
+exec 3> $port
+timeout 2 head -c 65536 /dev/urandom >&3
+timeout 2 python3 -c 'import sys; sys.stdout.write(chr(123) + "x" * (4 << 20))' >&3
+timeout 2 printf '\\000\\003\\350\\001\\004\\000\\000\\000\\001abc' >&3
+sleep 2
+exec 3>&-
+ATTACK
+setsid sh /root/attack.sh >/dev/null 2>&1 </dev/null &`,
+    );
+    await assert.rejects(c.execCommand(a!.id!, 'sleep 20; echo never'), /guest agent/);
+    assert.equal(await sh(b!.id!, 'echo sibling'), 'sibling\n', 'the other sandbox is unaffected');
+    assert.equal((await fetch(`${daemon.url}/healthz`)).status, 200);
+    await new Promise((r) => setTimeout(r, 4000)); // the attack script lets the supervisor go on
+    let back = '';
+    for (let i = 0; i < 5 && !back; i++) back = await sh(a!.id!, 'echo recovered').catch(() => '');
+    assert.equal(back, 'recovered\n', 'the sandbox answers again once a real agent holds the port');
+    assert.equal(daemon.proc.exitCode, null, 'the daemon never exited');
+    await c.killSandbox(a!.id!);
+    await c.killSandbox(b!.id!);
+    assert.deepEqual(await c.listSandboxes(), []);
+  });
+
   it('re-adopts running sandboxes after kill -9 of the daemon; cleans up those that died meanwhile', async () => {
     const [a, b] = await c.spawnSandboxes({ snapshotTag: TAG, n: 2, perChildNetns: true });
     assert.ok(a!.ok && b!.ok);

@@ -43,8 +43,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     const report = await fork({ tag: TAG, n: 3, keepRunning: true }, silentReporter);
     children = report.running!;
     teardown = async () => {
-      for (const c of children) c.agent.close();
-      await Promise.all(children.map((c) => c.vm.destroy()));
+      await report.release!();
       fs.rmSync(report.work_dir, { recursive: true, force: true });
     };
     assert.equal(report.ok, 3, JSON.stringify(report.children.map((c) => c.error)));
