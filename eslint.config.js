@@ -8,7 +8,9 @@ import tseslint from 'typescript-eslint';
 const LAYERS = [
   ['cli', 'sdk'],
   ['controller'],
-  ['fork', 'snapshot', 'hub'],
+  ['fork', 'hub'],
+  ['engine'],
+  ['snapshot'],
   ['vmm', 'network', 'host', 'image', 'agent-client'],
   ['util', 'protocol'],
 ];
@@ -24,7 +26,7 @@ const layerRules = LAYERS.map((folders, i) => {
               patterns: [
                 {
                   group: above.map((f) => `**/${f}/*`),
-                  message: `src/${folders.join(', src/')} must not import from a layer above it (${above.join(', ')}): data flows cli/sdk → controller → engine/snapshot/hub → vmm/network/host/image → util`,
+                  message: `src/${folders.join(', src/')} must not import from a layer above it (${above.join(', ')}): data flows cli/sdk → controller → fork/hub → engine → snapshot → vmm/network/host/image → util`,
                 },
               ],
             },

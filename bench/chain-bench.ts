@@ -12,7 +12,7 @@ import { writeBenchResults } from './results.js';
 import os from 'node:os';
 import path from 'node:path';
 import { createSnapshot } from '../src/snapshot/create.js';
-import { deriveSnapshot } from '../src/snapshot/derive.js';
+import { deriveSnapshot } from '../src/fork/derive.js';
 import { compactSnapshot } from '../src/snapshot/compact.js';
 import { snapshotDetail } from '../src/snapshot/lineage.js';
 import { dropAssembled } from '../src/snapshot/assemble.js';

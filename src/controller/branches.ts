@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
-import { createWorkDir } from '../fork/workdir.js';
+import { createWorkDir } from '../host/workdir.js';
 import { branchSandbox, type BranchStarted } from '../snapshot/branch.js';
 import { validateTag } from '../snapshot/tag.js';
 import { loadSnapshot, snapshotDir, snapshotExists } from '../snapshot/store.js';

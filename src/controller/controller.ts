@@ -3,10 +3,10 @@ import { ForkdError, errorMessage } from '../util/errors.js';
 import { listSnapshots, loadSnapshot, snapshotExists } from '../snapshot/store.js';
 import { validateTag } from '../snapshot/tag.js';
 import { deleteSnapshot } from '../snapshot/lineage.js';
-import { MAX_CHILDREN } from '../fork/fork.js';
+import { MAX_CHILDREN, SPAWN_CONCURRENCY } from '../engine/child.js';
 import { BranchManager } from './branches.js';
 import { Metrics } from './metrics.js';
-import { WarmPool } from './pool.js';
+import { WarmPool } from '../engine/pool.js';
 import { SandboxManager, type SpawnOptions, type SpawnTimings } from './sandboxes.js';
 import { StateStore, type SandboxRecord, type WorkspaceRecord } from './state.js';
 
@@ -252,7 +252,7 @@ export class Controller {
         'conflict',
         `snapshot '${tag}' is still being written; spawn when its status is "ready"`,
       );
-    const { s, memoryFile } = await this.sandboxes.resolveSnapshot(tag);
+    const source = await this.sandboxes.resolveSnapshot(tag);
     const items: SpawnItem[] = new Array(req.n);
     let next = 0;
     const worker = async () => {
@@ -260,7 +260,7 @@ export class Controller {
         const i = next++;
         if (i >= req.n) return;
         try {
-          const r = await this.sandboxes.spawnOne(s, memoryFile, req);
+          const r = await this.sandboxes.spawnOne(source, req);
           this.metrics.spawn.observe({ from_pool: String(r.timings.from_pool) }, r.timings.ready_ms / 1000);
           items[i] = { ok: true, ...this.sandboxInfo(r.rec), timings: r.timings };
         } catch (e) {
@@ -268,7 +268,7 @@ export class Controller {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(req.n, 16) }, worker));
+    await Promise.all(Array.from({ length: Math.min(req.n, SPAWN_CONCURRENCY) }, worker));
     this.pool.refill(tag);
     return items;
   }

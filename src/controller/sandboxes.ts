@@ -1,19 +1,22 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { pidStartTime, sameProcessAlive } from '../util/proc.js';
-import { runDir } from '../util/paths.js';
-import { QemuVm, QemuVmm, workPaths } from '../vmm/qemu.js';
+import type { QemuVm } from '../vmm/qemu.js';
 import { GUEST_IP } from '../vmm/qemu-argv.js';
 import { AgentClient } from '../agent-client/client.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
-import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
-import { residentImage, resolveChain } from '../snapshot/assemble.js';
-import { checkCompatible } from '../fork/fork.js';
-import { deleteLink } from '../network/tap.js';
-import { allocIndex, netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
-import { limitMemory, oomKilled, removeCgroup } from '../host/cgroup.js';
-import { discardPrepared, prepareChild, SANDBOX_DIR_PREFIX, type Prepared, type WarmPool } from './pool.js';
+import { allocIndex } from '../network/netns.js';
+import { oomKilled } from '../host/cgroup.js';
+import {
+  adoptChild,
+  releaseChild,
+  resolveSource,
+  startChild,
+  type ChildResources,
+  type ChildSource,
+  type ChildTimings,
+} from '../engine/child.js';
+import { prepareSandbox, type WarmPool } from '../engine/pool.js';
+import { sweepChildDirs } from '../engine/sweep.js';
 import type { SandboxRecord, StateStore } from './state.js';
 
 export interface SpawnOptions {
@@ -26,15 +29,7 @@ export interface SpawnOptions {
   workspace?: string | null;
 }
 
-export interface SpawnTimings {
-  spawn_ms: number;
-  load_ms: number;
-  cont_ms: number;
-  agent_ms: number;
-  identity_ms: number;
-  ready_ms: number;
-  from_pool: boolean;
-}
+export type SpawnTimings = ChildTimings;
 
 export interface LiveSandbox {
   rec: SandboxRecord;
@@ -62,7 +57,6 @@ export class SandboxManager {
   readonly live = new Map<string, LiveSandbox>();
   /** Sandboxes that died on their own (OOM, crash): kept briefly so clients see why. */
   readonly exited = new Map<string, LiveSandbox>();
-  private readonly vmm = new QemuVmm();
 
   constructor(
     private readonly state: StateStore,
@@ -71,61 +65,47 @@ export class SandboxManager {
   ) {}
 
   /** The snapshot to spawn from, checked and with its memory image resolved (assembled for chains). */
-  async resolveSnapshot(tag: string): Promise<{ s: LoadedSnapshot; memoryFile: string }> {
-    const s = loadSnapshot(tag);
-    const chain = resolveChain(s);
-    await checkCompatible(s, this.vmm);
-    return { s, memoryFile: await residentImage(s, chain) };
+  resolveSnapshot(tag: string): Promise<ChildSource> {
+    // Sandboxes map a tmpfs copy: live branching write-protects RAM with userfaultfd, which needs shmem.
+    return resolveSource(tag, 'resident');
   }
 
   async spawnOne(
-    s: LoadedSnapshot,
-    memoryFile: string,
+    source: ChildSource,
     opts: SpawnOptions,
   ): Promise<{ rec: SandboxRecord; timings: SpawnTimings; identity: IdentityResult }> {
     const t0 = performance.now();
-    let prepared: Prepared | undefined = this.pool.take(s);
+    const s = source.s;
+    let prepared = this.pool.take(source);
     const fromPool = prepared !== undefined;
-    if (!prepared) prepared = await prepareChild(s, memoryFile);
-    const { id, dir, tap } = prepared;
-    const vm = prepared.pending.vm;
-    let cgroup: string | null = null;
-    let net: ReturnType<typeof netFor> | undefined;
+    if (!prepared) prepared = await prepareSandbox(source);
+    let netIndex: number | undefined;
+    if (opts.per_child_netns) netIndex = this.allocNetIndex();
     try {
-      if (opts.memory_limit_mib) cgroup = limitMemory(id, vm.pid, opts.memory_limit_mib);
-      if (opts.per_child_netns) {
-        if (!tap)
-          throw new ForkdError(
-            'bad_input',
-            `snapshot '${s.tag}' has no network device, so per_child_netns cannot give its children a network`,
-            'create the snapshot with a NIC (forkd snapshot --net, or "net": true in POST /v1/snapshots)',
-          );
-        net = netFor(id.slice(3, 15), this.allocNetIndex());
-        await setupChildNet(net, tap);
-      }
-      const { timings } = await this.vmm.completeRestore(prepared.pending);
-      const tAgent0 = performance.now();
-      const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 60_000 });
-      const tAgent = performance.now();
-      const identity = await agent.announce(id);
-      const tId = performance.now();
+      const child = await startChild(prepared, {
+        netIndex,
+        memoryLimitMib: opts.memory_limit_mib,
+        t0,
+        fromPool,
+      });
+      const { res, vm } = child;
       const created = nowUnix();
       const rec: SandboxRecord = {
-        id,
+        id: res.id,
         snapshot_tag: s.tag,
         created_at_unix: created,
         pid: vm.pid,
         pid_start: pidStartTime(vm.pid) ?? null,
-        work_dir: dir,
-        memory_file: memoryFile,
-        active_disk: prepared.disk,
+        work_dir: res.work_dir,
+        memory_file: source.memoryFile,
+        active_disk: child.disk,
         disk_generation: 0,
-        tap: tap ?? null,
-        netns: net?.netns ?? null,
-        net_index: net?.index ?? null,
-        guest_addr: tap ? GUEST_IP : null,
+        tap: res.tap,
+        netns: res.netns,
+        net_index: res.net_index,
+        guest_addr: res.tap ? GUEST_IP : null,
         memory_limit_mib: opts.memory_limit_mib,
-        cgroup,
+        cgroup: res.cgroup,
         has_branched: false,
         last_branch_memory_path: null,
         branch_count: 0,
@@ -135,32 +115,14 @@ export class SandboxManager {
         metadata: opts.metadata,
         workspace: opts.workspace ?? null,
       };
-      const live: LiveSandbox = { rec, vm, agent, busy: null };
-      this.live.set(id, live);
+      const live: LiveSandbox = { rec, vm, agent: child.agent!, busy: null };
+      this.live.set(res.id, live);
       this.watchExit(live);
-      this.state.sandboxes.set(id, rec);
+      this.state.sandboxes.set(res.id, rec);
       this.state.save();
-      const r1 = (n: number) => Math.round(n * 10) / 10;
-      return {
-        rec,
-        identity,
-        timings: {
-          spawn_ms: r1(fromPool ? 0 : timings.spawnMs),
-          load_ms: r1(timings.loadMs),
-          cont_ms: r1(timings.contMs),
-          agent_ms: r1(tAgent - tAgent0),
-          identity_ms: r1(tId - tAgent),
-          ready_ms: r1(tId - t0),
-          from_pool: fromPool,
-        },
-      };
-    } catch (e) {
-      await discardPrepared(prepared);
-      if (net) await teardownChildNet(net);
-      if (cgroup) await removeCgroup(cgroup);
-      throw e;
+      return { rec, identity: child.identity!, timings: child.timings! };
     } finally {
-      if (net) this.reservedNet.delete(net.index);
+      if (netIndex !== undefined) this.reservedNet.delete(netIndex);
     }
   }
 
@@ -237,12 +199,9 @@ export class SandboxManager {
     this.state.save();
   }
 
-  private async release(rec: SandboxRecord): Promise<void> {
-    if (rec.netns && rec.net_index !== null)
-      await teardownChildNet(netFor(rec.id.slice(3, 15), rec.net_index));
-    else if (rec.tap) await deleteLink(rec.tap);
-    if (rec.cgroup) await removeCgroup(rec.cgroup);
-    fs.rmSync(rec.work_dir, { recursive: true, force: true });
+  /** Free what a sandbox's child held (the engine's record of it is part of the sandbox record). */
+  private release(rec: SandboxRecord): Promise<void> {
+    return releaseChild(resourcesOf(rec));
   }
 
   /**
@@ -256,14 +215,14 @@ export class SandboxManager {
     for (const rec of [...this.state.sandboxes.values()]) {
       const alive = sameProcessAlive({ pid: rec.pid, start: rec.pid_start ?? undefined });
       if (alive) {
-        const paths = {
-          ...workPaths(rec.work_dir, rec.memory_file, rec.active_disk),
-          tap: rec.tap ?? undefined,
-        };
-        const vm = QemuVm.adopt(rec.pid, rec.pid_start ?? undefined, rec.work_dir, paths);
         try {
-          await vm.connectQmp(5000);
-          const live: LiveSandbox = { rec, vm, busy: null };
+          const child = await adoptChild(resourcesOf(rec), {
+            pid: rec.pid,
+            pidStart: rec.pid_start ?? undefined,
+            memoryFile: rec.memory_file,
+            activeDisk: rec.active_disk,
+          });
+          const live: LiveSandbox = { rec, vm: child.vm, busy: null };
           this.live.set(rec.id, live);
           this.watchExit(live);
           adopted.push(rec.id);
@@ -284,31 +243,15 @@ export class SandboxManager {
       this.state.sandboxes.delete(rec.id);
     }
     this.state.save();
-    this.sweepOrphanDirs();
+    await this.sweepOrphanDirs();
     return { adopted, gone };
   }
 
-  private sweepOrphanDirs(): void {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(runDir());
-    } catch {
-      return;
-    }
-    const known = new Set([...this.state.sandboxes.values()].map((r) => path.basename(r.work_dir)));
-    for (const n of names) {
-      if (!n.startsWith(SANDBOX_DIR_PREFIX) || known.has(n)) continue;
-      const dir = path.join(runDir(), n);
-      try {
-        const pid = Number(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8'));
-        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        if (cmd.includes(dir)) process.kill(pid, 'SIGKILL');
-      } catch {
-        /* no process */
-      }
-      fs.rmSync(dir, { recursive: true, force: true });
+  /** Sandbox dirs the state does not know (a crash mid-spawn, old pool children): the one sweeper. */
+  private async sweepOrphanDirs(): Promise<void> {
+    const known = new Set([...this.state.sandboxes.values()].map((r) => r.work_dir));
+    for (const dir of await sweepChildDirs({ keep: known, apply: true }))
       this.ev.log(`removed leftover sandbox dir ${dir}`);
-    }
   }
 
   /** Kill sandboxes whose timeout passed; forget exited ones after 10 minutes. */
@@ -356,4 +299,16 @@ export class SandboxManager {
     }
     this.state.save();
   }
+}
+
+/** The host resources of a sandbox, as the engine records them. */
+function resourcesOf(rec: SandboxRecord): ChildResources {
+  return {
+    id: rec.id,
+    work_dir: rec.work_dir,
+    tap: rec.tap,
+    netns: rec.netns,
+    net_index: rec.net_index,
+    cgroup: rec.cgroup,
+  };
 }

@@ -4,22 +4,28 @@ import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { freeBytes } from '../util/fs.js';
 import { sleep } from '../util/proc.js';
-import { createOverlay } from '../vmm/disk.js';
 import { onInterrupt } from '../util/teardown.js';
 import { median, percentile } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
-import { diskImage, memoryImage, resolveChain } from '../snapshot/assemble.js';
-import { createTap, deleteLink } from '../network/tap.js';
 import { validateTag } from '../snapshot/tag.js';
-import { currentAccel } from '../host/accel.js';
-import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
-import type { MachineConfig, RestoreTimings } from '../vmm/types.js';
-import { AgentClient } from '../agent-client/client.js';
+import type { QemuVm } from '../vmm/qemu.js';
+import type { AgentClient } from '../agent-client/client.js';
 import type { EvalResult, ExecResult, IdentityResult } from '../protocol/agent-api.js';
-import { createWorkDir } from './workdir.js';
+import { createWorkDir } from '../host/workdir.js';
+import {
+  MAX_CHILDREN,
+  prepareChild,
+  resolveSource,
+  SPAWN_CONCURRENCY,
+  startChild,
+  type Child,
+  type ChildSource,
+  type ChildTimings,
+} from '../engine/child.js';
+import { killProcessesUsing, releaseChildrenIn } from '../engine/sweep.js';
 
-export const MAX_CHILDREN = 1000;
+export { MAX_CHILDREN };
 
 export interface ForkOptions {
   tag: string;
@@ -38,13 +44,7 @@ export interface ForkOptions {
   keepRunning?: boolean;
 }
 
-export interface ChildTimings extends RestoreTimings {
-  /** resync handshake + first agent answer */
-  agentMs: number;
-  identityMs: number;
-  /** exec of the VMM → child answered with its own identity: the "child is usable" instant */
-  readyMs: number;
-}
+export type { ChildTimings };
 
 export interface ChildReport {
   index: number;
@@ -81,6 +81,7 @@ export interface RunningChild {
   report: ChildReport;
   vm: QemuVm;
   agent: AgentClient;
+  child: Child;
 }
 
 export function validateCount(n: unknown): number {
@@ -92,28 +93,6 @@ export function validateCount(n: unknown): number {
       `e.g. -n 10`,
     );
   return v;
-}
-
-/** Refuse snapshots this host cannot restore faithfully: other accelerator, other QEMU. */
-export async function checkCompatible(
-  s: LoadedSnapshot,
-  vmm: QemuVmm,
-): Promise<{ accel: string; reason: string }> {
-  const qemu = await vmm.version();
-  if (qemu !== s.meta.vmm.version)
-    throw new ForkdError(
-      'incompatible_snapshot',
-      `snapshot '${s.tag}' was saved by QEMU ${s.meta.vmm.version}; this host has QEMU ${qemu}, which may not load its device state`,
-      `re-create the snapshot here: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
-    );
-  const probe = await currentAccel();
-  if (probe.accel !== s.meta.accelerator)
-    throw new ForkdError(
-      'incompatible_snapshot',
-      `snapshot '${s.tag}' was made under ${s.meta.accelerator}, but this host runs guests under ${probe.accel} (${probe.reason}); device state does not carry across accelerators`,
-      `re-create the snapshot on this host: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
-    );
-  return { accel: probe.accel, reason: probe.reason };
 }
 
 function preflight(n: number, s: LoadedSnapshot, workRoot: string): void {
@@ -145,76 +124,38 @@ function memAvailableMib(): number | undefined {
   }
 }
 
-/** Start one child: private overlay, restore, resync with its agent, tell it who it is. */
-async function startChild(
-  vmm: QemuVmm,
-  s: LoadedSnapshot,
-  machine: MachineConfig,
+/** Start one child through the engine and describe it for the fork report. */
+async function startOne(
+  source: ChildSource,
   workDir: string,
-  template: string,
-  memoryFile: string,
   index: number,
   runId: string,
-  accel: string,
-  onVm: (vm: QemuVm) => void,
-  onTap: (tap: string) => void,
+  track: (c: Child) => void,
 ): Promise<RunningChild> {
   const id = `${runId}-${index}`;
-  const dir = path.join(workDir, `c${index}`);
-  fs.mkdirSync(dir);
-  const disk = path.join(dir, 'disk.qcow2');
-  fs.copyFileSync(template, disk);
-  // A NIC needs a tap of its own; the one-shot CLI leaves it unconnected (the daemon can give each
-  // sandbox its own network namespace).
-  let tap: string | undefined;
-  if (machine.net === 'virtio') {
-    tap = `fkc${runId}${index.toString(36)}`.slice(0, 15);
-    await createTap(tap);
-    onTap(tap);
-  }
-  const { vm, timings } = await vmm.restore({
-    machine,
-    workDir: dir,
-    ...(tap ? { tap } : {}),
-    memoryFile,
-    vmstateFile: path.join(s.dir, s.meta.files.vmstate.path),
-    disk,
+  const t0 = performance.now();
+  const prepared = await prepareChild(source, {
+    id,
+    workDir: path.join(workDir, `c${index}`),
     name: `forkd-child-${id}`,
   });
-  onVm(vm);
-  const tReady0 = performance.now();
-  const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: 60_000 });
-  const tAgent = performance.now();
-  const identity = await agent.announce(id);
-  const tId = performance.now();
-  const agentMs = tAgent - tReady0;
-  const identityMs = tId - tAgent;
-  const t: ChildTimings = {
-    ...timings,
-    agentMs,
-    identityMs,
-    readyMs: timings.spawnMs + timings.loadMs + timings.contMs + agentMs + identityMs,
-  };
+  const child = await startChild(prepared, { t0 });
+  track(child);
   return {
-    vm,
-    agent,
+    vm: child.vm,
+    agent: child.agent!,
+    child,
     report: {
       index,
       id,
-      hostname: identity.hostname,
-      pid: vm.pid,
+      hostname: child.identity!.hostname,
+      pid: child.vm.pid,
       ok: true,
-      accel,
-      timings: round(t),
-      identity,
+      accel: source.accel,
+      timings: child.timings!,
+      identity: child.identity!,
     },
   };
-}
-
-function round<T extends object>(o: T): T {
-  return Object.fromEntries(
-    Object.entries(o).map(([k, v]) => [k, typeof v === 'number' ? Math.round(v * 10) / 10 : v]),
-  ) as T;
 }
 
 /**
@@ -240,9 +181,9 @@ export async function fork(
   if (opts.eval !== undefined && !opts.eval.trim())
     throw new ForkdError('bad_input', '--eval must not be empty', 'e.g. --eval "1+1"');
   const s = loadSnapshot(tag);
-  const chain = resolveChain(s);
-  const vmm = new QemuVmm();
-  const { accel, reason } = await checkCompatible(s, vmm);
+  // The one-shot child maps the image on disk: nothing to copy to tmpfs first.
+  const source = await resolveSource(s, 'file');
+  const { accel, accelReason: reason } = source;
   const workDir = createWorkDir('fork', tag);
   try {
     preflight(n, s, path.dirname(workDir));
@@ -250,22 +191,16 @@ export async function fork(
     fs.rmSync(workDir, { recursive: true, force: true });
     throw e;
   }
-  const machine: MachineConfig = {
-    accel: s.meta.machine.accel,
-    vcpus: s.meta.machine.vcpus,
-    memMib: s.meta.machine.mem_mib,
-    net: s.meta.machine.net,
-  };
-  const vms: QemuVm[] = [];
-  const taps: string[] = [];
+  const children: Child[] = [];
   const running: RunningChild[] = [];
   let tornDown = false;
   const teardown = async () => {
     if (tornDown) return;
     tornDown = true;
-    for (const r of running) r.agent.close();
-    await Promise.all(vms.map((vm) => vm.destroy()));
-    await Promise.all(taps.map((t) => deleteLink(t)));
+    await Promise.all(children.map((c) => c.destroy()));
+    // Children interrupted half-way (QEMU started, not yet handed back) are found by their dirs.
+    await killProcessesUsing(workDir);
+    await releaseChildrenIn(workDir);
     if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
   };
   const unregister = onInterrupt(teardown);
@@ -276,11 +211,6 @@ export async function fork(
   const t0 = performance.now();
   const reports: ChildReport[] = [];
   try {
-    // Template overlay made once, copied per child (qemu-img per child costs ~10 ms each).
-    const template = path.join(workDir, 'overlay-template.qcow2');
-    await createOverlay(template, await diskImage(s, chain), 'qcow2');
-    const memoryFile = await memoryImage(s, chain);
-    const limit = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
     let next = 1;
     const worker = async () => {
       for (;;) {
@@ -288,19 +218,7 @@ export async function fork(
         if (i > n) return;
         let rep1: ChildReport;
         try {
-          const child = await startChild(
-            vmm,
-            s,
-            machine,
-            workDir,
-            template,
-            memoryFile,
-            i,
-            runId,
-            accel,
-            (vm) => vms.push(vm),
-            (t) => taps.push(t),
-          );
+          const child = await startOne(source, workDir, i, runId, (c) => children.push(c));
           running.push(child);
           rep1 = child.report;
           if (opts.exec) {
@@ -327,12 +245,12 @@ export async function fork(
         opts.onChild?.(rep1);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
+    await Promise.all(Array.from({ length: Math.min(SPAWN_CONCURRENCY, n) }, worker));
     const wall = performance.now() - t0;
     if (settle > 0) await sleep(settle * 1000);
-    const alive = vms.filter((v) => v.isAlive()).length;
+    const alive = children.filter((c) => c.vm.isAlive()).length;
     reports.sort((a, b) => a.index - b.index);
-    const ready = reports.filter((r) => r.ok).map((r) => r.timings!.readyMs);
+    const ready = reports.filter((r) => r.ok).map((r) => r.timings!.ready_ms);
     const report: ForkReport = {
       tag,
       n,

@@ -7,7 +7,7 @@ import { ForkdError } from '../util/errors.js';
 import { snapshotsDir } from '../util/paths.js';
 import { freeBytes, linkOrCopy } from '../util/fs.js';
 import type { Reporter } from '../util/report.js';
-import { writeOwner } from '../fork/workdir.js';
+import { writeOwner } from '../host/workdir.js';
 import { SnapshotMeta, contentHash } from '../snapshot/metadata.js';
 import { listSnapshots, loadSnapshot, snapshotDir } from '../snapshot/store.js';
 import { dropAssembled } from '../snapshot/assemble.js';

@@ -11,7 +11,7 @@ import { captureRunning, normalizeStream, type CaptureMode } from '../vmm/captur
 import type { QemuVm } from '../vmm/qemu.js';
 import type { MachineConfig } from '../vmm/types.js';
 import { createTap, deleteLink } from '../network/tap.js';
-import { writeOwner } from '../fork/workdir.js';
+import { writeOwner } from '../host/workdir.js';
 import { contentHash, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta } from './metadata.js';
 import { extractDiff, type DiffStats } from './memdiff.js';
 import { fileEntry } from './create.js';

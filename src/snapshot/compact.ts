@@ -10,7 +10,7 @@ import { fileEntry } from './create.js';
 import type { SnapshotMeta } from './metadata.js';
 import { loadSnapshot, snapshotDir } from './store.js';
 import { validateTag } from './tag.js';
-import { writeOwner } from '../fork/workdir.js';
+import { writeOwner } from '../host/workdir.js';
 
 /**
  * Flatten a chain head into a self-contained snapshot: the assembled memory image, the head's device

@@ -17,7 +17,7 @@ import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
 import type { MachineConfig } from '../vmm/types.js';
 import { AgentClient } from '../agent-client/client.js';
 import type { PingResponse } from '../protocol/agent-api.js';
-import { createWorkDir, writeOwner } from '../fork/workdir.js';
+import { createWorkDir, writeOwner } from '../host/workdir.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
 import { snapshotDir, snapshotExists } from './store.js';

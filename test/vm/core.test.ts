@@ -244,12 +244,12 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
       ok: number;
       accelerator: string;
       work_dir: string;
-      children: Array<{ id: string; exec: { stdout: string }; timings: { readyMs: number } }>;
+      children: Array<{ id: string; exec: { stdout: string }; timings: { ready_ms: number } }>;
     };
     assert.equal(rep.ok, 3);
     for (const c of rep.children) {
       assert.equal(c.exec.stdout, `${c.id}\n`);
-      assert.ok(c.timings.readyMs > 0);
+      assert.ok(c.timings.ready_ms > 0);
     }
     assert.equal(fs.existsSync(rep.work_dir), false, 'work dir removed');
     assert.deepEqual(qemuProcessesUnder(rep.work_dir), [], 'no QEMU left');

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { fork, type ChildReport, type ForkReport } from '../../fork/fork.js';
-import { cleanup } from '../../fork/cleanup.js';
+import { cleanup } from '../../engine/sweep.js';
 import { stderrReporter } from '../../util/report.js';
 import { bytes, ms, table } from '../../util/format.js';
 import { fail, intArg, numArg, out, printJson } from '../output.js';
@@ -20,7 +20,7 @@ interface ForkOpts {
 function childLine(c: ChildReport): string {
   if (!c.ok) return `  ✗ c${c.index}  ${c.error}`;
   const t = c.timings!;
-  let line = `  ✓ c${c.index}  ${c.hostname}  ready ${ms(t.readyMs)} [${c.accel}] (spawn ${ms(t.spawnMs)} · load ${ms(t.loadMs)} · cont ${ms(t.contMs)} · agent ${ms(t.agentMs)} · identity ${ms(t.identityMs)})`;
+  let line = `  ✓ c${c.index}  ${c.hostname}  ready ${ms(t.ready_ms)} [${c.accel}] (spawn ${ms(t.spawn_ms)} · load ${ms(t.load_ms)} · cont ${ms(t.cont_ms)} · agent ${ms(t.agent_ms)} · identity ${ms(t.identity_ms)})`;
   if (c.eval)
     line += c.eval.ok
       ? `\n      eval → ${c.eval.result}`

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { deriveSnapshot } from '../../snapshot/derive.js';
+import { deriveSnapshot } from '../../fork/derive.js';
 import { snapshotDetail, type SnapshotDetail } from '../../snapshot/lineage.js';
 import { compactSnapshot } from '../../snapshot/compact.js';
 import { stderrReporter } from '../../util/report.js';

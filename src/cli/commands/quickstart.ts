@@ -27,7 +27,7 @@ export function registerQuickstart(program: Command): void {
         for (const c of r.children)
           out(
             c.ok
-              ? `  ✓ ${c.hostname}  ready ${ms(c.timings!.readyMs)}  eval → ${c.eval?.result ?? c.eval?.error?.message}`
+              ? `  ✓ ${c.hostname}  ready ${ms(c.timings!.ready_ms)}  eval → ${c.eval?.result ?? c.eval?.error?.message}`
               : `  ✗ c${c.index}: ${c.error}`,
           );
         out(

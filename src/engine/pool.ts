@@ -1,89 +1,32 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { runDir } from '../util/paths.js';
-import { createOverlay } from '../vmm/disk.js';
-import { QemuVmm, type PendingRestore } from '../vmm/qemu.js';
-import type { MachineConfig } from '../vmm/types.js';
-import { createTap, deleteLink } from '../network/tap.js';
-import type { LoadedSnapshot } from '../snapshot/store.js';
-import { diskImage } from '../snapshot/assemble.js';
+import {
+  discardPrepared,
+  prepareChild,
+  SANDBOX_DIR_PREFIX,
+  type ChildSource,
+  type PreparedChild,
+} from './child.js';
 
 /**
- * A prepared child: QEMU started with the snapshot's RAM mapped and its disk overlay and tap in place,
- * waiting for its device state (`-incoming defer`). Taking one skips process start-up, QMP handshake
- * and overlay creation: what is left is loading ~60 KiB of device state and `cont`.
+ * A prepared child (see child.ts): QEMU started with the snapshot's RAM mapped and its disk overlay and
+ * tap in place, waiting for its device state. Taking one skips process start-up, QMP handshake and
+ * overlay creation: what is left is loading ~60 KiB of device state and `cont`.
  */
-export interface Prepared {
-  id: string;
-  dir: string;
-  disk: string;
-  tap: string | undefined;
-  pending: PendingRestore;
-  /** which snapshot content it was made for (a re-created tag must not get an old child) */
-  key: string;
-}
+export type Prepared = PreparedChild;
 
 export function newSandboxId(): string {
   return `sb-${randomBytes(8).toString('hex')}`;
 }
 
 export function sandboxDir(id: string): string {
-  return path.join(runDir(), `forkd-${id}`);
+  return path.join(runDir(), `${SANDBOX_DIR_PREFIX}${id.slice(3)}`);
 }
 
-export const SANDBOX_DIR_PREFIX = 'forkd-sb-';
-
-export function machineOf(s: LoadedSnapshot): MachineConfig {
-  return {
-    accel: s.meta.machine.accel,
-    vcpus: s.meta.machine.vcpus,
-    memMib: s.meta.machine.mem_mib,
-    net: s.meta.machine.net,
-  };
-}
-
-export function snapshotKey(s: LoadedSnapshot): string {
-  return `${s.tag}:${s.meta.files.vmstate.sha256}:${s.meta.files.memory.sha256}`;
-}
-
-/** Start a child up to the point where it waits for its device state. */
-export async function prepareChild(
-  s: LoadedSnapshot,
-  memoryFile: string,
-  id = newSandboxId(),
-): Promise<Prepared> {
-  const dir = sandboxDir(id);
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const disk = path.join(dir, 'disk.qcow2');
-  let tap: string | undefined;
-  try {
-    await createOverlay(disk, await diskImage(s), 'qcow2');
-    if (s.meta.machine.net === 'virtio') {
-      tap = `fkt${id.slice(3, 15)}`;
-      await createTap(tap);
-    }
-    const pending = await new QemuVmm().prestart({
-      machine: machineOf(s),
-      workDir: dir,
-      memoryFile,
-      vmstateFile: path.join(s.dir, s.meta.files.vmstate.path),
-      disk,
-      name: `forkd-${id}`,
-      ...(tap ? { tap } : {}),
-    });
-    return { id, dir, disk, tap, pending, key: snapshotKey(s) };
-  } catch (e) {
-    if (tap) await deleteLink(tap);
-    fs.rmSync(dir, { recursive: true, force: true });
-    throw e;
-  }
-}
-
-export async function discardPrepared(p: Prepared): Promise<void> {
-  await p.pending.vm.destroy();
-  if (p.tap) await deleteLink(p.tap);
-  fs.rmSync(p.dir, { recursive: true, force: true });
+/** Prepare a daemon sandbox: its id and work dir follow the daemon's naming. */
+export function prepareSandbox(source: ChildSource, id = newSandboxId()): Promise<Prepared> {
+  return prepareChild(source, { id, workDir: sandboxDir(id) });
 }
 
 export interface PoolOptions {
@@ -105,7 +48,7 @@ export class WarmPool {
 
   constructor(
     private readonly opts: PoolOptions,
-    private readonly resolve: (tag: string) => Promise<{ s: LoadedSnapshot; memoryFile: string } | undefined>,
+    private readonly resolve: (tag: string) => Promise<ChildSource | undefined>,
   ) {}
 
   get enabled(): boolean {
@@ -123,13 +66,14 @@ export class WarmPool {
   }
 
   /** A prepared child for this snapshot content, or undefined (then the caller starts one itself). */
-  take(s: LoadedSnapshot): Prepared | undefined {
+  take(src: ChildSource): Prepared | undefined {
+    const s = src.s;
     const list = this.ready.get(s.tag);
-    const key = snapshotKey(s);
+    const key = src.key;
     let got: Prepared | undefined;
     while (list?.length) {
       const p = list.shift()!;
-      if (p.key === key && p.pending.vm.isAlive()) {
+      if (p.source.key === key && p.pending.vm.isAlive()) {
         got = p;
         break;
       }
@@ -155,7 +99,7 @@ export class WarmPool {
       const r = await this.resolve(tag).catch(() => undefined);
       if (!r) return this.drop(tag);
       try {
-        const p = await prepareChild(r.s, r.memoryFile);
+        const p = await prepareSandbox(r);
         if (this.closed) return void (await discardPrepared(p));
         list.push(p);
       } catch (e) {

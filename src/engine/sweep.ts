@@ -3,11 +3,18 @@ import path from 'node:path';
 import { runDir, snapshotsDir } from '../util/paths.js';
 import { diskUsage } from '../util/fs.js';
 import { pidAlive } from '../util/proc.js';
-import { ownerAlive, readOwner, WORK_PREFIXES } from './workdir.js';
+import { ownerAlive, readOwner, WORK_PREFIXES } from '../host/workdir.js';
+import { readChildRecord, releaseChild, SANDBOX_DIR_PREFIX } from './child.js';
+
+/**
+ * The one sweeper for every kind of leftover: `forkd cleanup` and the daemon both use it. Each leftover
+ * is freed through the record of whoever made it (owner.json for run dirs, child.json for each child,
+ * which names its tap, network namespace and cgroup), never by guessing from names.
+ */
 
 export interface CleanupItem {
   path: string;
-  kind: 'workdir' | 'staging' | 'deleting' | 'download' | 'process';
+  kind: 'workdir' | 'sandbox' | 'staging' | 'deleting' | 'download' | 'process';
   action: 'DEL' | 'SKIP' | 'KILL';
   reason: string;
   bytes: number;
@@ -100,6 +107,22 @@ export async function cleanup(apply: boolean): Promise<CleanupItem[]> {
   }
   for (const e of entries)
     if (WORK_PREFIXES.some((p) => e.startsWith(p))) consider(path.join(runDir(), e), 'workdir', true);
+    else if (e.startsWith(SANDBOX_DIR_PREFIX)) {
+      // A daemon's sandbox outlives the daemon (it is re-adopted on restart): leftover only once its
+      // QEMU is gone.
+      const dir = path.join(runDir(), e);
+      const pids = processesUsing(dir);
+      items.push({
+        path: dir,
+        kind: 'sandbox',
+        action: pids.length ? 'SKIP' : 'DEL',
+        reason: pids.length
+          ? `sandbox of forkd-controller, QEMU pid ${pids.join(',')} running (re-adopted when the daemon starts)`
+          : 'sandbox whose QEMU is gone',
+        bytes: diskUsage(dir),
+        pids: [],
+      });
+    }
   try {
     for (const e of fs.readdirSync(snapshotsDir())) {
       if (e.startsWith('.staging-')) consider(path.join(snapshotsDir(), e), 'staging', true);
@@ -149,6 +172,7 @@ export async function cleanup(apply: boolean): Promise<CleanupItem[]> {
         }
       }
       if (it.pids.length) await waitGone(it.pids);
+      if (it.kind === 'workdir' || it.kind === 'sandbox') await releaseChildrenIn(it.path);
       if (it.kind !== 'process') fs.rmSync(it.path, { recursive: true, force: true });
     }
   }
@@ -170,4 +194,64 @@ async function waitGone(pids: number[]): Promise<void> {
       return;
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** Free the taps, namespaces and cgroups of every child recorded in `dir` (itself, or c1..cN below it). */
+export async function releaseChildrenIn(dir: string): Promise<void> {
+  const dirs = [dir];
+  try {
+    for (const e of fs.readdirSync(dir)) dirs.push(path.join(dir, e));
+  } catch {
+    return;
+  }
+  for (const d of dirs) {
+    const rec = readChildRecord(d);
+    if (rec) await releaseChild({ ...rec, work_dir: d });
+  }
+}
+
+/**
+ * The daemon's sweep after it re-adopted its sandboxes: every sandbox dir it does not `keep` is a
+ * crash mid-spawn or an old pool child; its QEMU (if any) is killed and all it held is freed.
+ * Returns the dirs removed.
+ */
+export async function sweepChildDirs(opts: { keep: Set<string>; apply: boolean }): Promise<string[]> {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(runDir());
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const n of names) {
+    const dir = path.join(runDir(), n);
+    if (!n.startsWith(SANDBOX_DIR_PREFIX) || opts.keep.has(dir)) continue;
+    removed.push(dir);
+    if (!opts.apply) continue;
+    const pids = processesUsing(dir);
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    if (pids.length) await waitGone(pids);
+    await releaseChildrenIn(dir);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return removed;
+}
+
+/** Kill every process whose command line names `dir` (QEMUs of children started there). */
+export async function killProcessesUsing(dir: string): Promise<void> {
+  const pids = processesUsing(dir);
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  if (pids.length) await waitGone(pids);
 }

@@ -2,12 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ForkdError } from '../util/errors.js';
 import type { Reporter } from '../util/report.js';
-import { fork } from '../fork/fork.js';
-import { memoryImage } from './assemble.js';
-import { branchSandbox } from './branch.js';
-import type { SnapshotMeta } from './metadata.js';
-import { loadSnapshot, snapshotExists } from './store.js';
-import { validateTag } from './tag.js';
+import { fork } from './fork.js';
+import { memoryImage } from '../snapshot/assemble.js';
+import { branchSandbox } from '../snapshot/branch.js';
+import type { SnapshotMeta } from '../snapshot/metadata.js';
+import { loadSnapshot, snapshotExists } from '../snapshot/store.js';
+import { validateTag } from '../snapshot/tag.js';
 
 export interface DeriveOptions {
   from: string;

@@ -1,0 +1,345 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { ForkdError } from '../util/errors.js';
+import { pidStartTime } from '../util/proc.js';
+import { createOverlay } from '../vmm/disk.js';
+import { QemuVm, QemuVmm, workPaths, type PendingRestore } from '../vmm/qemu.js';
+import type { MachineConfig } from '../vmm/types.js';
+import { AgentClient } from '../agent-client/client.js';
+import type { IdentityResult } from '../protocol/agent-api.js';
+import { createTap, deleteLink } from '../network/tap.js';
+import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
+import { limitMemory, removeCgroup } from '../host/cgroup.js';
+import { currentAccel } from '../host/accel.js';
+import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { diskImage, memoryImage, residentImage, resolveChain } from '../snapshot/assemble.js';
+
+/**
+ * The child engine: the one way a child VM starts and ends, for every caller (the one-shot `forkd fork`,
+ * the daemon's sandboxes and warm pool, snapshot-diff, workspaces, benches).
+ *
+ * A child is built in two steps, so a warm pool can do the first ahead of time:
+ *   prepareChild: work dir, disk overlay, tap, QEMU started with the snapshot's RAM mapped, waiting for
+ *                 its device state (`-incoming defer`);
+ *   startChild:   memory cgroup, network namespace, device state loaded, `cont`, agent resync, identity.
+ * Every host resource it takes is written to its record (`child.json` in its work dir) as soon as it
+ * exists, so `destroy()`, `releaseChild()` after a crash, and the sweeper all free exactly what it had.
+ */
+
+/** What a child holds on the host. Persisted as child.json; the daemon's sandbox record carries it too. */
+export interface ChildResources {
+  id: string;
+  work_dir: string;
+  tap: string | null;
+  netns: string | null;
+  net_index: number | null;
+  cgroup: string | null;
+}
+
+/** One set of timing names for every caller; `ready_ms` is wall time from the start to identity answered. */
+export interface ChildTimings {
+  spawn_ms: number;
+  load_ms: number;
+  cont_ms: number;
+  agent_ms: number;
+  identity_ms: number;
+  ready_ms: number;
+  from_pool: boolean;
+}
+
+/**
+ * A snapshot made ready to start children from: checked against this host, its memory image resolved
+ * (assembled for a chain) and a disk overlay template made once for all its children.
+ */
+export interface ChildSource {
+  s: LoadedSnapshot;
+  machine: MachineConfig;
+  accel: string;
+  accelReason: string;
+  memoryFile: string;
+  diskImage: string;
+  /** which snapshot content it is (a re-created tag must not get an old prepared child) */
+  key: string;
+}
+
+export const CHILD_RECORD = 'child.json';
+/** Children per request (CLI `-n`, REST `n`). */
+export const MAX_CHILDREN = 1000;
+/** Children started at once by any caller; FORKD_SPAWN_CONCURRENCY overrides. */
+export const SPAWN_CONCURRENCY = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
+export const SANDBOX_DIR_PREFIX = 'forkd-sb-';
+
+export function machineOf(s: LoadedSnapshot): MachineConfig {
+  return {
+    accel: s.meta.machine.accel,
+    vcpus: s.meta.machine.vcpus,
+    memMib: s.meta.machine.mem_mib,
+    net: s.meta.machine.net,
+  };
+}
+
+export function snapshotKey(s: LoadedSnapshot): string {
+  return `${s.tag}:${s.meta.files.vmstate.sha256}:${s.meta.files.memory.sha256}`;
+}
+
+/** Refuse snapshots this host cannot restore faithfully: other accelerator, other QEMU. */
+export async function checkCompatible(
+  s: LoadedSnapshot,
+  vmm: QemuVmm = new QemuVmm(),
+): Promise<{ accel: string; reason: string }> {
+  const qemu = await vmm.version();
+  if (qemu !== s.meta.vmm.version)
+    throw new ForkdError(
+      'incompatible_snapshot',
+      `snapshot '${s.tag}' was saved by QEMU ${s.meta.vmm.version}; this host has QEMU ${qemu}, which may not load its device state`,
+      `re-create the snapshot here: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
+    );
+  const probe = await currentAccel();
+  if (probe.accel !== s.meta.accelerator)
+    throw new ForkdError(
+      'incompatible_snapshot',
+      `snapshot '${s.tag}' was made under ${s.meta.accelerator}, but this host runs guests under ${probe.accel} (${probe.reason}); device state does not carry across accelerators`,
+      `re-create the snapshot on this host: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
+    );
+  return { accel: probe.accel, reason: probe.reason };
+}
+
+/**
+ * Resolve a snapshot for starting children. `memory: 'resident'` maps a tmpfs copy of the image (the
+ * daemon: live branching needs shmem-backed RAM for userfaultfd write protection); `'file'` maps the
+ * image on disk (one-shot forks: nothing to copy first).
+ */
+export async function resolveSource(
+  tagOrSnapshot: string | LoadedSnapshot,
+  memory: 'resident' | 'file',
+): Promise<ChildSource> {
+  const s = typeof tagOrSnapshot === 'string' ? loadSnapshot(tagOrSnapshot) : tagOrSnapshot;
+  const chain = resolveChain(s);
+  const { accel, reason } = await checkCompatible(s);
+  return {
+    s,
+    machine: machineOf(s),
+    accel,
+    accelReason: reason,
+    memoryFile: memory === 'resident' ? await residentImage(s, chain) : await memoryImage(s, chain),
+    diskImage: await diskImage(s, chain),
+    key: snapshotKey(s),
+  };
+}
+
+/** Host interface names are at most 15 bytes; derived from the child id so a record names its tap. */
+export function tapName(id: string): string {
+  return `fk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
+}
+
+function writeRecord(res: ChildResources): void {
+  const tmp = path.join(res.work_dir, `${CHILD_RECORD}.tmp`);
+  fs.writeFileSync(tmp, JSON.stringify({ ...res, owner_pid: process.pid }, null, 2));
+  fs.renameSync(tmp, path.join(res.work_dir, CHILD_RECORD));
+}
+
+export function readChildRecord(dir: string): ChildResources | undefined {
+  try {
+    const r = JSON.parse(fs.readFileSync(path.join(dir, CHILD_RECORD), 'utf8')) as Partial<ChildResources>;
+    if (typeof r.id !== 'string' || typeof r.work_dir !== 'string') return undefined;
+    return {
+      id: r.id,
+      work_dir: r.work_dir,
+      tap: typeof r.tap === 'string' ? r.tap : null,
+      netns: typeof r.netns === 'string' ? r.netns : null,
+      net_index: typeof r.net_index === 'number' ? r.net_index : null,
+      cgroup: typeof r.cgroup === 'string' ? r.cgroup : null,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Free every host resource a child had, in reverse order of setup. Idempotent; the VM must be gone. */
+export async function releaseChild(res: ChildResources): Promise<void> {
+  // The namespace's name comes from the record (never recomputed), so older records free theirs too.
+  if (res.netns && res.net_index !== null)
+    await teardownChildNet({ ...netFor(netId(res.id), res.net_index), netns: res.netns });
+  // A tap moved into the namespace went with it; one still in the host namespace is removed here.
+  if (res.tap) await deleteLink(res.tap);
+  if (res.cgroup) await removeCgroup(res.cgroup);
+  fs.rmSync(res.work_dir, { recursive: true, force: true });
+}
+
+function netId(id: string): string {
+  return createHash('sha256').update(id).digest('hex').slice(0, 12);
+}
+
+/** A child started up to the point where it waits for its device state. */
+export interface PreparedChild {
+  source: ChildSource;
+  res: ChildResources;
+  disk: string;
+  pending: PendingRestore;
+}
+
+const vmm = new QemuVmm();
+
+/** Step 1: dir, overlay, tap, QEMU waiting for device state. On failure everything taken is freed. */
+export async function prepareChild(
+  source: ChildSource,
+  opts: { id: string; workDir: string; name?: string },
+): Promise<PreparedChild> {
+  const res: ChildResources = {
+    id: opts.id,
+    work_dir: opts.workDir,
+    tap: null,
+    netns: null,
+    net_index: null,
+    cgroup: null,
+  };
+  fs.mkdirSync(res.work_dir, { recursive: true, mode: 0o700 });
+  writeRecord(res);
+  const disk = path.join(res.work_dir, 'disk.qcow2');
+  try {
+    await createOverlay(disk, source.diskImage, 'qcow2');
+    if (source.machine.net === 'virtio') {
+      res.tap = tapName(res.id);
+      writeRecord(res);
+      await createTap(res.tap);
+    }
+    const pending = await vmm.prestart({
+      machine: source.machine,
+      workDir: res.work_dir,
+      memoryFile: source.memoryFile,
+      vmstateFile: path.join(source.s.dir, source.s.meta.files.vmstate.path),
+      disk,
+      name: opts.name ?? `forkd-${res.id}`,
+      ...(res.tap ? { tap: res.tap } : {}),
+    });
+    return { source, res, disk, pending };
+  } catch (e) {
+    await releaseChild(res);
+    throw e;
+  }
+}
+
+export interface StartOptions {
+  /** Alone in its own network namespace (slot `netIndex`): needs a snapshot with a NIC. */
+  netIndex?: number | undefined;
+  memoryLimitMib?: number | null | undefined;
+  /** The id the guest learns (hostname); defaults to the child id. */
+  announceAs?: string | undefined;
+  agentTimeoutMs?: number | undefined;
+  /** performance.now() at which the caller's request started; ready_ms counts from it. */
+  t0?: number | undefined;
+  fromPool?: boolean;
+}
+
+/** A running child: its VM, its agent session, what it holds, and how it started. */
+export class Child {
+  private destroyed = false;
+  constructor(
+    readonly res: ChildResources,
+    readonly vm: QemuVm,
+    public agent: AgentClient | undefined,
+    readonly identity: IdentityResult | undefined,
+    readonly timings: ChildTimings | undefined,
+    readonly disk: string,
+  ) {}
+
+  get id(): string {
+    return this.res.id;
+  }
+
+  /** Stop the VM and free everything the child had. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.agent?.close();
+    await this.vm.destroy();
+    await releaseChild(this.res);
+  }
+}
+
+/** Step 2: limits and network, device state, cont, agent, identity. On failure the child is destroyed. */
+export async function startChild(p: PreparedChild, opts: StartOptions = {}): Promise<Child> {
+  const t0 = opts.t0 ?? performance.now();
+  const { res, pending } = p;
+  const vm = pending.vm;
+  try {
+    if (opts.memoryLimitMib) {
+      res.cgroup = limitMemory(res.id, vm.pid, opts.memoryLimitMib);
+      writeRecord(res);
+    }
+    if (opts.netIndex !== undefined) {
+      if (!res.tap)
+        throw new ForkdError(
+          'bad_input',
+          `snapshot '${p.source.s.tag}' has no network device, so per_child_netns cannot give its children a network`,
+          'create the snapshot with a NIC (forkd snapshot --net, or "net": true in POST /v1/snapshots)',
+        );
+      const net = netFor(netId(res.id), opts.netIndex);
+      res.netns = net.netns;
+      res.net_index = net.index;
+      writeRecord(res);
+      await setupChildNet(net, res.tap);
+    }
+    const { timings } = await vmm.completeRestore(pending);
+    const tAgent0 = performance.now();
+    const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: opts.agentTimeoutMs ?? 60_000 });
+    const tAgent = performance.now();
+    let identity: IdentityResult;
+    try {
+      identity = await agent.announce(opts.announceAs ?? res.id);
+    } catch (e) {
+      agent.close();
+      throw e;
+    }
+    const tId = performance.now();
+    const r1 = (n: number) => Math.round(n * 10) / 10;
+    return new Child(
+      res,
+      vm,
+      agent,
+      identity,
+      {
+        spawn_ms: r1(opts.fromPool ? 0 : timings.spawnMs),
+        load_ms: r1(timings.loadMs),
+        cont_ms: r1(timings.contMs),
+        agent_ms: r1(tAgent - tAgent0),
+        identity_ms: r1(tId - tAgent),
+        ready_ms: r1(tId - t0),
+        from_pool: opts.fromPool ?? false,
+      },
+      p.disk,
+    );
+  } catch (e) {
+    await vm.destroy();
+    await releaseChild(res);
+    throw e;
+  }
+}
+
+/** Stop a prepared child that will not be started, freeing all it took. */
+export async function discardPrepared(p: PreparedChild): Promise<void> {
+  await p.pending.vm.destroy();
+  await releaseChild(p.res);
+}
+
+/**
+ * Take over a child whose QEMU outlived the process that started it (a daemon restart): QMP is
+ * reconnected now, the agent on first use.
+ */
+export async function adoptChild(
+  res: ChildResources,
+  vmInfo: { pid: number; pidStart: number | undefined; memoryFile: string; activeDisk: string },
+): Promise<Child> {
+  const paths = {
+    ...workPaths(res.work_dir, vmInfo.memoryFile, vmInfo.activeDisk),
+    tap: res.tap ?? undefined,
+  };
+  const vm = QemuVm.adopt(vmInfo.pid, vmInfo.pidStart, res.work_dir, paths);
+  await vm.connectQmp(5000);
+  return new Child(res, vm, undefined, undefined, undefined, vmInfo.activeDisk);
+}
+
+export function childPidStart(c: Child): number | null {
+  return pidStartTime(c.vm.pid) ?? null;
+}
