@@ -37,7 +37,7 @@ const layerRules = LAYERS.map((folders, i) => {
 });
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'bench-results/'] },
+  { ignores: ['dist/', 'build-tmp/', 'node_modules/', 'bench-results/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   ...layerRules,

@@ -4,6 +4,7 @@ import { listSnapshots, loadSnapshot, snapshotExists } from '../snapshot/store.j
 import { validateTag } from '../snapshot/tag.js';
 import { deleteSnapshot } from '../snapshot/lineage.js';
 import { MAX_CHILDREN, SPAWN_CONCURRENCY } from '../engine/child.js';
+import { cleanup } from '../engine/sweep.js';
 import { BranchManager } from './branches.js';
 import { Metrics } from './metrics.js';
 import { WarmPool } from '../engine/pool.js';
@@ -114,6 +115,10 @@ export class Controller {
         r.warning = 'the daemon stopped while this snapshot was being written';
       }
     const { adopted, gone } = await this.sandboxes.adoptAll();
+    // Whatever a killed daemon or CLI left (branch scratch dirs and their normalizing QEMUs and taps,
+    // staging dirs, interrupted pulls): the same sweep as `forkd cleanup --yes`; live owners are skipped.
+    for (const it of await cleanup(true))
+      if (it.action !== 'SKIP') this.opts.log(`swept ${it.kind} ${it.path}: ${it.reason}`);
     if (adopted.length)
       this.opts.log(`re-adopted ${adopted.length} running sandbox(es): ${adopted.join(', ')}`);
     if (gone.length)

@@ -21,6 +21,7 @@ const STATUS: Record<ErrorCode, number> = {
   agent_failed: 502,
   timeout: 504,
   interrupted: 503,
+  host_command: 500,
   internal: 500,
 };
 

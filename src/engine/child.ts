@@ -13,6 +13,9 @@ import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
 import { currentAccel } from '../host/accel.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { readChildRecord, writeChildRecord as writeRecord, type ChildResources } from '../host/records.js';
+
+export { readChildRecord, type ChildResources };
 import { diskImage, memoryImage, residentImage, resolveChain } from '../snapshot/assemble.js';
 
 /**
@@ -26,16 +29,6 @@ import { diskImage, memoryImage, residentImage, resolveChain } from '../snapshot
  * Every host resource it takes is written to its record (`child.json` in its work dir) as soon as it
  * exists, so `destroy()`, `releaseChild()` after a crash, and the sweeper all free exactly what it had.
  */
-
-/** What a child holds on the host. Persisted as child.json; the daemon's sandbox record carries it too. */
-export interface ChildResources {
-  id: string;
-  work_dir: string;
-  tap: string | null;
-  netns: string | null;
-  net_index: number | null;
-  cgroup: string | null;
-}
 
 /** One set of timing names for every caller; `ready_ms` is wall time from the start to identity answered. */
 export interface ChildTimings {
@@ -63,7 +56,6 @@ export interface ChildSource {
   key: string;
 }
 
-export const CHILD_RECORD = 'child.json';
 /** Children per request (CLI `-n`, REST `n`). */
 export const MAX_CHILDREN = 1000;
 /** Children started at once by any caller; FORKD_SPAWN_CONCURRENCY overrides. */
@@ -131,29 +123,6 @@ export async function resolveSource(
 /** Host interface names are at most 15 bytes; derived from the child id so a record names its tap. */
 export function tapName(id: string): string {
   return `fk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
-}
-
-function writeRecord(res: ChildResources): void {
-  const tmp = path.join(res.work_dir, `${CHILD_RECORD}.tmp`);
-  fs.writeFileSync(tmp, JSON.stringify({ ...res, owner_pid: process.pid }, null, 2));
-  fs.renameSync(tmp, path.join(res.work_dir, CHILD_RECORD));
-}
-
-export function readChildRecord(dir: string): ChildResources | undefined {
-  try {
-    const r = JSON.parse(fs.readFileSync(path.join(dir, CHILD_RECORD), 'utf8')) as Partial<ChildResources>;
-    if (typeof r.id !== 'string' || typeof r.work_dir !== 'string') return undefined;
-    return {
-      id: r.id,
-      work_dir: r.work_dir,
-      tap: typeof r.tap === 'string' ? r.tap : null,
-      netns: typeof r.netns === 'string' ? r.netns : null,
-      net_index: typeof r.net_index === 'number' ? r.net_index : null,
-      cgroup: typeof r.cgroup === 'string' ? r.cgroup : null,
-    };
-  } catch {
-    return undefined;
-  }
 }
 
 /** Free every host resource a child had, in reverse order of setup. Idempotent; the VM must be gone. */
@@ -336,7 +305,16 @@ export async function adoptChild(
     tap: res.tap ?? undefined,
   };
   const vm = QemuVm.adopt(vmInfo.pid, vmInfo.pidStart, res.work_dir, paths);
-  await vm.connectQmp(5000);
+  const qmp = await vm.connectQmp(5000);
+  // The previous owner may have died between `stop` and `cont` (a branch or suspend in progress): such
+  // a guest is paused for good unless resumed. A half-done outgoing migration is cancelled first.
+  const st = await qmp.execute<{ status: string }>('query-status');
+  if (st.status !== 'running') {
+    const mig = await qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: undefined }));
+    if (mig.status && !['completed', 'failed', 'cancelled', 'none'].includes(mig.status))
+      await qmp.execute('migrate_cancel').catch(() => {});
+    if (['paused', 'postmigrate', 'finish-migrate'].includes(st.status)) await qmp.execute('cont');
+  }
   return new Child(res, vm, undefined, undefined, undefined, vmInfo.activeDisk);
 }
 

@@ -35,6 +35,9 @@ export interface PoolOptions {
   /** Upper bound over all tags, so an idle host is not loaded with waiting VMMs. */
   maxTotal: number;
   log: (msg: string) => void;
+  /** How a child is prepared and thrown away; the engine's by default (unit tests pass their own). */
+  prepare?: (source: ChildSource) => Promise<Prepared>;
+  discard?: (p: Prepared) => Promise<void>;
 }
 
 /**
@@ -45,11 +48,17 @@ export class WarmPool {
   private readonly ready = new Map<string, Prepared[]>();
   private readonly filling = new Set<string>();
   private closed = false;
+  private preparing = 0;
+  private readonly prepare: (source: ChildSource) => Promise<Prepared>;
+  private readonly discard: (p: Prepared) => Promise<void>;
 
   constructor(
     private readonly opts: PoolOptions,
     private readonly resolve: (tag: string) => Promise<ChildSource | undefined>,
-  ) {}
+  ) {
+    this.prepare = opts.prepare ?? ((src) => prepareSandbox(src));
+    this.discard = opts.discard ?? discardPrepared;
+  }
 
   get enabled(): boolean {
     return this.opts.perTag > 0;
@@ -77,7 +86,7 @@ export class WarmPool {
         got = p;
         break;
       }
-      void discardPrepared(p);
+      void this.discard(p);
     }
     this.refill(s.tag);
     return got;
@@ -95,16 +104,20 @@ export class WarmPool {
       if (this.closed) return;
       const list = this.ready.get(tag) ?? [];
       this.ready.set(tag, list);
-      if (list.length >= this.opts.perTag || this.total() >= this.opts.maxTotal) return;
-      const r = await this.resolve(tag).catch(() => undefined);
-      if (!r) return this.drop(tag);
+      // Children being prepared count against the bound too: fills of several tags run at once.
+      if (list.length >= this.opts.perTag || this.total() + this.preparing >= this.opts.maxTotal) return;
+      this.preparing++;
       try {
-        const p = await prepareSandbox(r);
-        if (this.closed) return void (await discardPrepared(p));
+        const r = await this.resolve(tag).catch(() => undefined);
+        if (!r) return await this.drop(tag);
+        const p = await this.prepare(r);
+        if (this.closed) return void (await this.discard(p));
         list.push(p);
       } catch (e) {
         this.opts.log(`warm pool: cannot prepare a child of '${tag}': ${(e as Error).message}`);
         return;
+      } finally {
+        this.preparing--;
       }
     }
   }
@@ -113,7 +126,7 @@ export class WarmPool {
   async drop(tag: string): Promise<void> {
     const list = this.ready.get(tag) ?? [];
     this.ready.delete(tag);
-    await Promise.all(list.map(discardPrepared));
+    await Promise.all(list.map((p) => this.discard(p)));
   }
 
   async close(): Promise<void> {

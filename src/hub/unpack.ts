@@ -8,6 +8,7 @@ import { snapshotsDir } from '../util/paths.js';
 import { freeBytes, linkOrCopy } from '../util/fs.js';
 import type { Reporter } from '../util/report.js';
 import { writeOwner } from '../host/workdir.js';
+import { writeSnapshotMeta } from '../snapshot/writer.js';
 import { SnapshotMeta, contentHash } from '../snapshot/metadata.js';
 import { listSnapshots, loadSnapshot, snapshotDir } from '../snapshot/store.js';
 import { dropAssembled } from '../snapshot/assemble.js';
@@ -267,7 +268,7 @@ function finishLink(m: Manifest, i: number, p: Plan, staging: string): string {
     },
     origin: { ...meta.origin, kind: 'unpack', source_tag: l.tag },
   };
-  fs.writeFileSync(path.join(dir, 'snapshot.json'), JSON.stringify(out, null, 2) + '\n');
+  writeSnapshotMeta(dir, out);
   return dir;
 }
 

@@ -1,7 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { snapshotsDir } from '../util/paths.js';
 import { ForkdError } from '../util/errors.js';
 import { linkOrCopy } from '../util/fs.js';
 import { run, runOk } from '../util/proc.js';
@@ -11,7 +10,8 @@ import { captureRunning, normalizeStream, type CaptureMode } from '../vmm/captur
 import type { QemuVm } from '../vmm/qemu.js';
 import type { MachineConfig } from '../vmm/types.js';
 import { createTap, deleteLink } from '../network/tap.js';
-import { writeOwner } from '../host/workdir.js';
+import { writeChildRecord } from '../host/records.js';
+import { stageSnapshot } from './writer.js';
 import { contentHash, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta } from './metadata.js';
 import { extractDiff, type DiffStats } from './memdiff.js';
 import { fileEntry } from './create.js';
@@ -67,15 +67,14 @@ export async function branchSandbox(
     memMib: src.source.meta.machine.mem_mib,
     net: src.source.meta.machine.net,
   };
-  fs.mkdirSync(snapshotsDir(), { recursive: true });
-  const staging = fs.mkdtempSync(path.join(snapshotsDir(), `.staging-${tag}-`));
-  writeOwner(staging, 'parent', tag);
+  const staged = stageSnapshot(tag);
+  const staging = staged.dir;
   fs.mkdirSync(src.workDir, { recursive: true });
   const stream = path.join(src.workDir, 'branch.stream');
   const memName = mode === 'diff' ? 'memory.diff' : 'memory.bin';
   let diff: DiffStats | undefined;
   const cleanup = () => {
-    fs.rmSync(staging, { recursive: true, force: true });
+    staged.abort();
     fs.rmSync(src.workDir, { recursive: true, force: true });
   };
   let pauseMs: number;
@@ -116,7 +115,18 @@ export async function branchSandbox(
     const tap = machine.net === 'virtio' ? `fkn${randomBytes(4).toString('hex')}` : undefined;
     let norm: { loadMs: number; saveMs: number };
     try {
-      if (tap) await createTap(tap);
+      if (tap) {
+        // Recorded first, so a daemon killed mid-branch leaves a tap the sweeper can find and free.
+        writeChildRecord({
+          id: 'normalize',
+          work_dir: src.workDir,
+          tap,
+          netns: null,
+          net_index: null,
+          cgroup: null,
+        });
+        await createTap(tap);
+      }
       norm = await normalizeStream({
         machine,
         workDir: path.join(src.workDir, 'normalize'),
@@ -192,16 +202,7 @@ export async function branchSandbox(
         total_ms: round(performance.now() - t0 + pauseMs),
       },
     };
-    fs.writeFileSync(path.join(staging, 'snapshot.json'), JSON.stringify(meta, null, 2) + '\n');
-    fs.rmSync(path.join(staging, 'owner.json'), { force: true });
-    try {
-      fs.renameSync(staging, snapshotDir(tag));
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST')
-        throw new ForkdError('exists', `snapshot '${tag}' was created by someone else meanwhile`);
-      throw e;
-    }
+    staged.commit(meta);
     fs.rmSync(src.workDir, { recursive: true, force: true });
     return meta;
   })().catch((e: unknown) => {

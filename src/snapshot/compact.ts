@@ -3,14 +3,13 @@ import path from 'node:path';
 import { ForkdError } from '../util/errors.js';
 import { linkOrCopy } from '../util/fs.js';
 import { runOk } from '../util/proc.js';
-import { snapshotsDir } from '../util/paths.js';
 import { forkdVersion } from '../util/project.js';
 import { memoryImage, resolveChain } from './assemble.js';
 import { fileEntry } from './create.js';
 import type { SnapshotMeta } from './metadata.js';
 import { loadSnapshot, snapshotDir } from './store.js';
 import { validateTag } from './tag.js';
-import { writeOwner } from '../host/workdir.js';
+import { stageSnapshot } from './writer.js';
 
 /**
  * Flatten a chain head into a self-contained snapshot: the assembled memory image, the head's device
@@ -30,8 +29,8 @@ export async function compactSnapshot(fromTag: string, toTag: string): Promise<S
       `pick another tag, or delete it: forkd rmi ${to}`,
     );
   const mem = await memoryImage(s, chain);
-  const staging = fs.mkdtempSync(path.join(snapshotsDir(), `.staging-${to}-`));
-  writeOwner(staging, 'parent', to);
+  const staged = stageSnapshot(to);
+  const staging = staged.dir;
   try {
     const t0 = performance.now();
     await runOk('cp', ['--sparse=always', '--reflink=auto', mem, path.join(staging, 'memory.bin')]);
@@ -69,12 +68,10 @@ export async function compactSnapshot(fromTag: string, toTag: string): Promise<S
       lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },
       timings: { compact_ms: Math.round(performance.now() - t0) },
     };
-    fs.writeFileSync(path.join(staging, 'snapshot.json'), JSON.stringify(meta, null, 2) + '\n');
-    fs.rmSync(path.join(staging, 'owner.json'), { force: true });
-    fs.renameSync(staging, snapshotDir(to));
+    staged.commit(meta);
     return meta;
   } catch (e) {
-    fs.rmSync(staging, { recursive: true, force: true });
+    staged.abort();
     throw e;
   }
 }

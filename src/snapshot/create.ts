@@ -17,7 +17,8 @@ import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
 import type { MachineConfig } from '../vmm/types.js';
 import { AgentClient } from '../agent-client/client.js';
 import type { PingResponse } from '../protocol/agent-api.js';
-import { createWorkDir, writeOwner } from '../host/workdir.js';
+import { createWorkDir } from '../host/workdir.js';
+import { stageSnapshot } from './writer.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
 import { snapshotDir, snapshotExists } from './store.js';
@@ -136,9 +137,8 @@ export async function createSnapshot(
   const parentTap = opts.net ? `fkp${randomBytes(4).toString('hex')}` : undefined;
   const vmm = new QemuVmm();
   const qemuVersion = await vmm.version();
-  fs.mkdirSync(snapshotsDir(), { recursive: true });
-  const staging = fs.mkdtempSync(path.join(snapshotsDir(), `.staging-${tag}-`));
-  writeOwner(staging, 'parent', tag);
+  const staged = stageSnapshot(tag);
+  const staging = staged.dir;
   const workDir = createWorkDir('parent', tag);
   let vm: QemuVm | undefined;
   let agent: AgentClient | undefined;
@@ -146,7 +146,7 @@ export async function createSnapshot(
     agent?.close();
     await vm?.destroy();
     if (parentTap) await deleteLink(parentTap);
-    fs.rmSync(staging, { recursive: true, force: true });
+    staged.abort();
     if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
   };
   const unregister = onInterrupt(teardown);
@@ -267,19 +267,7 @@ export async function createSnapshot(
       lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },
       timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
     };
-    fs.writeFileSync(path.join(staging, 'snapshot.json'), JSON.stringify(meta, null, 2) + '\n');
-    try {
-      fs.renameSync(staging, snapshotDir(tag));
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST')
-        throw new ForkdError(
-          'exists',
-          `snapshot '${tag}' was created by someone else meanwhile`,
-          `pick another tag or forkd rmi ${tag}`,
-        );
-      throw e;
-    }
+    staged.commit(meta);
     if (!opts.keepWorkdir) fs.rmSync(workDir, { recursive: true, force: true });
     unregister();
     return { tag, dir: snapshotDir(tag), meta, accel, ...(opts.keepWorkdir ? { workDir } : {}) };

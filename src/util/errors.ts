@@ -24,6 +24,8 @@ export type ErrorCode =
   | 'agent_failed'
   | 'timeout'
   | 'interrupted'
+  /** a host program forkd runs (ip, qemu-img, iptables, ...) failed; the message names it */
+  | 'host_command'
   | 'internal';
 
 export class ForkdError extends Error {

@@ -55,7 +55,12 @@ export async function runOk(
   const r = await run(cmd, args, opts);
   if (r.code !== 0) {
     const tail = (r.stderr || r.stdout).trim().split('\n').slice(-15).join('\n');
-    throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code ?? r.signal}):\n${tail}`);
+    // A host program failing is not a forkd bug: name the command and what it said.
+    throw new ForkdError(
+      'host_command',
+      `${cmd} ${args.join(' ').slice(0, 300)} failed (exit ${r.code ?? r.signal}):\n${tail}`,
+      `run: forkd doctor (it checks the host tools forkd needs); FORKD_DEBUG=1 shows more`,
+    );
   }
   return r;
 }
