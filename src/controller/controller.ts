@@ -3,8 +3,9 @@ import { ForkdError, errorMessage } from '../util/errors.js';
 import { listSnapshots, loadSnapshot, snapshotExists } from '../snapshot/store.js';
 import { validateTag } from '../snapshot/tag.js';
 import { deleteSnapshot } from '../snapshot/lineage.js';
-import { MAX_CHILDREN, SPAWN_CONCURRENCY } from '../engine/child.js';
+import { MAX_CHILDREN, preflight, SPAWN_CONCURRENCY } from '../engine/child.js';
 import { cleanup } from '../engine/sweep.js';
+import { runDir } from '../util/paths.js';
 import { BranchManager } from './branches.js';
 import { Metrics } from './metrics.js';
 import { WarmPool } from '../engine/pool.js';
@@ -258,6 +259,7 @@ export class Controller {
         `snapshot '${tag}' is still being written; spawn when its status is "ready"`,
       );
     const source = await this.sandboxes.resolveSnapshot(tag);
+    preflight(req.n, source.s, runDir());
     const items: SpawnItem[] = new Array(req.n);
     let next = 0;
     const worker = async () => {

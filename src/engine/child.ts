@@ -3,9 +3,10 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { pidStartTime } from '../util/proc.js';
+import { freeBytes } from '../util/fs.js';
 import { createOverlay } from '../vmm/disk.js';
 import { QemuVm, QemuVmm, workPaths, type PendingRestore } from '../vmm/qemu.js';
-import type { MachineConfig } from '../vmm/types.js';
+import type { MachineConfig, Vmm } from '../vmm/types.js';
 import { AgentClient } from '../agent-client/client.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { createTap, deleteLink } from '../network/tap.js';
@@ -120,6 +121,39 @@ export async function resolveSource(
   };
 }
 
+/**
+ * Refuse a batch this host cannot hold before starting any of it: n children's private memory (rough:
+ * QEMU, TCG code cache, guest copy-on-write) and their overlays' disk. Every caller asks the same.
+ */
+export function preflight(n: number, s: LoadedSnapshot, workRoot: string): void {
+  // Rough private memory per child: QEMU itself + TCG code cache + guest CoW (spike §6.5).
+  const perChildMib = s.meta.accelerator === 'tcg' ? 80 : 24;
+  const availMib = memAvailableMib();
+  if (availMib !== undefined && n * perChildMib > availMib * 0.9)
+    throw new ForkdError(
+      'out_of_space',
+      `not enough memory for ${n} children: ~${perChildMib} MiB each under ${s.meta.accelerator} needs ~${n * perChildMib} MiB, ${availMib} MiB available`,
+      `fork fewer children (at most ~${Math.floor((availMib * 0.9) / perChildMib)}) or free memory`,
+    );
+  const needDisk = 64 * 1048576 + n * 4 * 1048576;
+  const free = freeBytes(workRoot);
+  if (free < needDisk)
+    throw new ForkdError(
+      'out_of_space',
+      `not enough free disk in ${workRoot} for ${n} child overlays (need ~${Math.ceil(needDisk / 1048576)} MiB, ${Math.floor(free / 1048576)} MiB free)`,
+      'free space there or set FORKD_RUN_DIR to a larger filesystem',
+    );
+}
+
+function memAvailableMib(): number | undefined {
+  try {
+    const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+    return m ? Math.floor(Number(m[1]) / 1024) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Host interface names are at most 15 bytes; derived from the child id so a record names its tap. */
 export function tapName(id: string): string {
   return `fk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
@@ -148,7 +182,8 @@ export interface PreparedChild {
   pending: PendingRestore;
 }
 
-const vmm = new QemuVmm();
+/** The engine's VMM, through the backend-neutral interface (QEMU is the only backend). */
+const vmm: Vmm<QemuVm> = new QemuVmm();
 
 /** Step 1: dir, overlay, tap, QEMU waiting for device state. On failure everything taken is freed. */
 export async function prepareChild(

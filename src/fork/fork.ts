@@ -2,12 +2,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkdError, errorMessage } from '../util/errors.js';
-import { freeBytes } from '../util/fs.js';
 import { sleep } from '../util/proc.js';
 import { onInterrupt } from '../util/teardown.js';
 import { median, percentile } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
-import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { loadSnapshot } from '../snapshot/store.js';
 import { validateTag } from '../snapshot/tag.js';
 import type { QemuVm } from '../vmm/qemu.js';
 import type { AgentClient } from '../agent-client/client.js';
@@ -17,6 +16,7 @@ import {
   MAX_CHILDREN,
   prepareChild,
   resolveSource,
+  preflight,
   SPAWN_CONCURRENCY,
   startChild,
   type Child,
@@ -93,35 +93,6 @@ export function validateCount(n: unknown): number {
       `e.g. -n 10`,
     );
   return v;
-}
-
-function preflight(n: number, s: LoadedSnapshot, workRoot: string): void {
-  // Rough private memory per child: QEMU itself + TCG code cache + guest CoW (spike §6.5).
-  const perChildMib = s.meta.accelerator === 'tcg' ? 80 : 24;
-  const availMib = memAvailableMib();
-  if (availMib !== undefined && n * perChildMib > availMib * 0.9)
-    throw new ForkdError(
-      'out_of_space',
-      `not enough memory for ${n} children: ~${perChildMib} MiB each under ${s.meta.accelerator} needs ~${n * perChildMib} MiB, ${availMib} MiB available`,
-      `fork fewer children (at most ~${Math.floor((availMib * 0.9) / perChildMib)}) or free memory`,
-    );
-  const needDisk = 64 * 1048576 + n * 4 * 1048576;
-  const free = freeBytes(workRoot);
-  if (free < needDisk)
-    throw new ForkdError(
-      'out_of_space',
-      `not enough free disk in ${workRoot} for ${n} child overlays (need ~${Math.ceil(needDisk / 1048576)} MiB, ${Math.floor(free / 1048576)} MiB free)`,
-      'free space there or set FORKD_RUN_DIR to a larger filesystem',
-    );
-}
-
-function memAvailableMib(): number | undefined {
-  try {
-    const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
-    return m ? Math.floor(Number(m[1]) / 1024) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Start one child through the engine and describe it for the fork report. */

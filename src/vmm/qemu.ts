@@ -5,7 +5,15 @@ import { ForkdError } from '../util/errors.js';
 import { run, sameProcessAlive } from '../util/proc.js';
 import { QmpClient } from './qmp.js';
 import { childArgs, machineArgs, parentArgs, type QemuPaths } from './qemu-argv.js';
-import type { BootSpec, RestoreSpec, RestoreTimings, SnapshotResult, Vmm, VmHandle } from './types.js';
+import type {
+  BootSpec,
+  PendingRestore as VmPendingRestore,
+  RestoreSpec,
+  RestoreTimings,
+  SnapshotResult,
+  Vmm,
+  VmHandle,
+} from './types.js';
 
 export function qemuBinary(): string {
   return process.env.FORKD_QEMU || 'qemu-system-x86_64';
@@ -132,17 +140,14 @@ export class QemuVm implements VmHandle {
 }
 
 /** A child QEMU that has been started and waits for its device state (`-incoming defer`). */
-export interface PendingRestore {
-  vm: QemuVm;
-  spawnMs: number;
-}
+export type PendingRestore = VmPendingRestore<QemuVm>;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let cachedVersion: string | undefined;
 
 /** The QEMU backend: microvm machine driven over QMP. */
-export class QemuVmm implements Vmm {
+export class QemuVmm implements Vmm<QemuVm> {
   readonly name = 'qemu';
 
   async version(): Promise<string> {
@@ -185,8 +190,7 @@ export class QemuVmm implements Vmm {
     return vm;
   }
 
-  async snapshot(handle: VmHandle, vmstateFile: string): Promise<SnapshotResult> {
-    const vm = handle as QemuVm;
+  async snapshot(vm: QemuVm, vmstateFile: string): Promise<SnapshotResult> {
     const qmp = vm.qmp!;
     const t0 = performance.now();
     await qmp.execute('stop');

@@ -76,11 +76,25 @@ export interface VmHandle {
   destroy(): Promise<void>;
 }
 
-export interface Vmm {
+/** A child VMM started with the snapshot's RAM mapped, waiting for its device state. */
+export interface PendingRestore<H extends VmHandle = VmHandle> {
+  vm: H;
+  spawnMs: number;
+}
+
+/**
+ * What the engine and the snapshot code need from a VMM. `H` is the backend's handle type (QEMU's adds
+ * its QMP connection, which branching uses).
+ */
+export interface Vmm<H extends VmHandle = VmHandle> {
   readonly name: string;
   version(): Promise<string>;
-  boot(spec: BootSpec): Promise<VmHandle>;
+  boot(spec: BootSpec): Promise<H>;
   /** Pause the VM and save its device state; RAM stays in the memory file. The VM stays paused. */
-  snapshot(vm: VmHandle, vmstateFile: string): Promise<SnapshotResult>;
-  restore(spec: RestoreSpec): Promise<{ vm: VmHandle; timings: RestoreTimings }>;
+  snapshot(vm: H, vmstateFile: string): Promise<SnapshotResult>;
+  /** Start a child up to the point where it waits for its device state (a warm pool does this early). */
+  prestart(spec: RestoreSpec): Promise<PendingRestore<H>>;
+  /** Load the device state a prestarted child was given and let it run. */
+  completeRestore(p: PendingRestore<H>): Promise<{ vm: H; timings: RestoreTimings }>;
+  restore(spec: RestoreSpec): Promise<{ vm: H; timings: RestoreTimings }>;
 }
