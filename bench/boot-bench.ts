@@ -8,13 +8,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { writeBenchResults } from './results.js';
-import { GUEST_CMDLINE } from '../src/snapshot/create.js';
+import { coldBootGuest } from './cold-boot.js';
 import { buildImage } from '../src/image/build.js';
 import { currentAccel } from '../src/host/accel.js';
 import { hostTsc } from '../src/host/tsc.js';
-import { QemuVmm } from '../src/vmm/qemu.js';
-import { bootGuest } from '../src/snapshot/boot.js';
-import { createOverlay } from '../src/vmm/disk.js';
 import { median, percentile, table } from '../src/util/format.js';
 import { stderrReporter } from '../src/util/report.js';
 
@@ -26,35 +23,16 @@ async function main(): Promise<void> {
   const image = await buildImage({ recipe: 'python-numpy', extras: [] }, stderrReporter());
   const accel = (await currentAccel()).accel;
   const tsc = accel === 'tcg' ? await hostTsc() : undefined;
-  const vmm = new QemuVmm();
   const times: number[] = [];
   let retried = 0;
   let failed = 0;
   const errors: string[] = [];
   for (let i = 0; i < N; i++) {
     const dir = fs.mkdtempSync(path.join(base, 'b-'));
-    fs.linkSync(image.rootfs.path, path.join(dir, 'base.ext4'));
-    let vm: Awaited<ReturnType<typeof bootGuest>>['vm'] | undefined;
+    let vm: Awaited<ReturnType<typeof coldBootGuest>>['vm'] | undefined;
     try {
       const t0 = performance.now();
-      const booted = await bootGuest(
-        vmm,
-        {
-          machine: { accel, vcpus: 1, memMib: 512, net: 'none' },
-          workDir: path.join(dir, 'w'),
-          kernel: image.kernel.vmlinux,
-          initrd: image.initramfs.path,
-          cmdline: GUEST_CMDLINE,
-          memoryFile: path.join(dir, 'memory.bin'),
-          disk: path.join(dir, 'disk.qcow2'),
-        },
-        {
-          timeoutMs: 300_000,
-          prepare: () => createOverlay(path.join(dir, 'disk.qcow2'), 'base.ext4', 'raw'),
-          onRetry: (m) => log(`boot ${i + 1}: ${m}`),
-        },
-        (v) => (vm = v),
-      );
+      const booted = await coldBootGuest(image, accel, dir, (m) => log(`boot ${i + 1}: ${m}`));
       vm = booted.vm;
       await booted.agent.ping();
       const ms = performance.now() - t0;

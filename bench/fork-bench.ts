@@ -8,17 +8,14 @@
  */
 import fs from 'node:fs';
 import { writeBenchResults } from './results.js';
+import { coldBootGuest } from './cold-boot.js';
 import os from 'node:os';
 import path from 'node:path';
 import { createSnapshot } from '../src/snapshot/create.js';
-import { GUEST_CMDLINE } from '../src/snapshot/create.js';
 import { fork } from '../src/fork/fork.js';
 import { buildImage } from '../src/image/build.js';
 import { currentAccel } from '../src/host/accel.js';
-import { QemuVmm } from '../src/vmm/qemu.js';
-import { bootGuest } from '../src/snapshot/boot.js';
 import { sleep } from '../src/util/proc.js';
-import { createOverlay } from '../src/vmm/disk.js';
 import { median, percentile, table } from '../src/util/format.js';
 import { silentReporter, stderrReporter } from '../src/util/report.js';
 
@@ -48,21 +45,8 @@ async function coldBoot(
   accel: 'kvm' | 'tcg',
 ): Promise<number> {
   const dir = fs.mkdtempSync(path.join(base, 'cold-'));
-  fs.linkSync(image.rootfs.path, path.join(dir, 'base.ext4'));
-  await createOverlay(path.join(dir, 'disk.qcow2'), 'base.ext4', 'raw');
-  const vmm = new QemuVmm();
-  const booted = await bootGuest(
-    vmm,
-    {
-      machine: { accel, vcpus: 1, memMib: 512, net: 'none' },
-      workDir: path.join(dir, 'w'),
-      kernel: image.kernel.vmlinux,
-      initrd: image.initramfs.path,
-      cmdline: GUEST_CMDLINE,
-      memoryFile: path.join(dir, 'memory.bin'),
-      disk: path.join(dir, 'disk.qcow2'),
-    },
-    { timeoutMs: 300_000, onRetry: (m) => log(`cold boot: ${m} (the hung attempt is not timed)`) },
+  const booted = await coldBootGuest(image, accel, dir, (m) =>
+    log(`cold boot: ${m} (the hung attempt is not timed)`),
   );
   const { vm, agent } = booted;
   const t0 = booted.startedAt;

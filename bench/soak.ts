@@ -8,6 +8,7 @@
  *           snapshot listed ready must verify against its hashes; at the end nothing may leak.
  *   fuzz:   random requests against every route (default 10,000): 0 crashes, 0 unexpected 5xx, and the
  *           daemon's memory stays flat.
+ *   boots:  parent boots in a row (default 20), each to an answering agent: all must succeed.
  * Prints a table and writes bench-results/soak-<time>.json. Exit code 1 if any check failed.
  * FORKD_SOAK_CYCLES / FORKD_SOAK_CHAOS / FORKD_SOAK_FUZZ set the counts; FORKD_SOAK_PHASES=cycles,fuzz
  * picks phases.
@@ -19,6 +20,9 @@ import net from 'node:net';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { writeBenchResults } from './results.js';
+import { coldBootGuest } from './cold-boot.js';
+import { buildImage } from '../src/image/build.js';
+import { currentAccel } from '../src/host/accel.js';
 import { createSnapshot } from '../src/snapshot/create.js';
 import { listSnapshots, loadSnapshot } from '../src/snapshot/store.js';
 import { sha256File } from '../src/util/hash.js';
@@ -31,7 +35,8 @@ const CONTROLLER = path.join(ROOT, 'bin', 'forkd-controller');
 const CYCLES = Number(process.env.FORKD_SOAK_CYCLES ?? 200);
 const CHAOS = Number(process.env.FORKD_SOAK_CHAOS ?? 30);
 const FUZZ = Number(process.env.FORKD_SOAK_FUZZ ?? 10_000);
-const PHASES = (process.env.FORKD_SOAK_PHASES ?? 'cycles,chaos,fuzz').split(',');
+const BOOTS = Number(process.env.FORKD_SOAK_BOOTS ?? 20);
+const PHASES = (process.env.FORKD_SOAK_PHASES ?? 'cycles,chaos,fuzz,boots').split(',');
 const DEADLINE = Date.now() + Number(process.env.FORKD_SOAK_MAX_MIN ?? 60) * 60_000;
 
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-soak-'));
@@ -370,6 +375,29 @@ async function fuzz(): Promise<void> {
   for (const [k, v] of Object.entries(leaks())) check('fuzz', `leaked ${k}`, v, v === 0);
 }
 
+async function boots(): Promise<void> {
+  const image = await buildImage({ recipe: 'python-numpy', extras: [] }, stderrReporter());
+  const accel = (await currentAccel()).accel;
+  let ok = 0;
+  let retried = 0;
+  for (let i = 0; i < BOOTS && Date.now() < DEADLINE; i++) {
+    const dir = fs.mkdtempSync(path.join(base, 'boot-'));
+    try {
+      const b = await coldBootGuest(image, accel, dir, (m) => log(`boot ${i + 1}: ${m}`));
+      await b.agent.ping();
+      b.agent.close();
+      await b.vm.destroy();
+      if (b.attempts > 1) retried++;
+      ok++;
+    } catch (e) {
+      log(`boot ${i + 1}: FAILED: ${(e as Error).message.split('\n')[0]}`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  check('boots', `parent boots in a row [${accel}]`, `${ok}/${BOOTS} (${retried} retried)`, ok === BOOTS);
+}
+
 async function main(): Promise<void> {
   port = await freePort();
   fs.mkdirSync(stateDir, { recursive: true });
@@ -381,6 +409,7 @@ async function main(): Promise<void> {
     ['cycles', cycles],
     ['chaos', chaos],
     ['fuzz', fuzz],
+    ['boots', boots],
   ] as const) {
     if (!PHASES.includes(name)) continue;
     const ts = Date.now();
@@ -399,7 +428,7 @@ async function main(): Promise<void> {
     ) + '\n',
   );
   const file = writeBenchResults('soak', {
-    counts: { cycles: CYCLES, chaos: CHAOS, fuzz: FUZZ },
+    counts: { cycles: CYCLES, chaos: CHAOS, fuzz: FUZZ, boots: BOOTS },
     durations_s: durations,
     total_s: Math.round((Date.now() - t0) / 1000),
     checks,

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { writeFileDurable } from '../util/fs.js';
 import path from 'node:path';
 import { z } from 'zod';
 
@@ -112,15 +113,7 @@ export class StateStore {
       snapshots: Object.fromEntries(this.snapshots),
     };
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    const tmp = `${this.file}.tmp-${process.pid}`;
-    const fd = fs.openSync(tmp, 'w', 0o600);
-    try {
-      fs.writeSync(fd, JSON.stringify(data, null, 2) + '\n');
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, this.file);
+    writeFileDurable(this.file, JSON.stringify(data, null, 2) + '\n', 0o600);
   }
 }
 

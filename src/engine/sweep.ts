@@ -228,15 +228,7 @@ export async function sweepChildDirs(opts: { keep: Set<string>; apply: boolean }
     if (!n.startsWith(SANDBOX_DIR_PREFIX) || opts.keep.has(dir)) continue;
     removed.push(dir);
     if (!opts.apply) continue;
-    const pids = processesUsing(dir);
-    for (const pid of pids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-    if (pids.length) await waitGone(pids);
+    await killProcessesUsing(dir);
     await releaseChildrenIn(dir);
     fs.rmSync(dir, { recursive: true, force: true });
   }

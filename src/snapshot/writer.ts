@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { snapshotsDir } from '../util/paths.js';
 import { ForkdError } from '../util/errors.js';
+import { writeFileDurable } from '../util/fs.js';
 import { writeOwner } from '../host/workdir.js';
 import { SnapshotMeta } from './metadata.js';
 import { snapshotDir } from './store.js';
@@ -56,13 +57,5 @@ export function stageSnapshot(tag: string): StagedSnapshot {
 /** snapshot.json, schema-checked, written durably (temp file, fsync, rename) into `dir`. */
 export function writeSnapshotMeta(dir: string, meta: SnapshotMeta): void {
   const checked = SnapshotMeta.parse(meta);
-  const tmp = path.join(dir, 'snapshot.json.tmp');
-  const fd = fs.openSync(tmp, 'w', 0o644);
-  try {
-    fs.writeSync(fd, JSON.stringify(checked, null, 2) + '\n');
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, path.join(dir, 'snapshot.json'));
+  writeFileDurable(path.join(dir, 'snapshot.json'), JSON.stringify(checked, null, 2) + '\n');
 }

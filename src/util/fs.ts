@@ -66,3 +66,16 @@ export function linkOrCopy(src: string, dst: string): 'link' | 'copy' {
 export function readJson<T = unknown>(file: string): T {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
 }
+
+/** Write a file so that a crash leaves either the old content or the new, never a torn one. */
+export function writeFileDurable(file: string, data: string, mode = 0o644): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w', mode);
+  try {
+    fs.writeSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}

@@ -7,17 +7,13 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
-import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { isolatedDirs } from '../helpers/env.js';
-import { Controller } from '../../src/controller/controller.js';
-import { buildServer } from '../../src/controller/server.js';
+import { inProcessController } from '../helpers/controller.js';
 import { checkJsonShape, JSON_BODY_LIMIT } from '../../src/controller/limits.js';
 
-let dirs: ReturnType<typeof isolatedDirs>;
 let app: FastifyInstance;
-let ctl: Controller;
 let audit: string;
+let close: () => Promise<void>;
 let port: number;
 
 /** Send raw bytes, read until the server closes or a full response with Content-Length arrived. */
@@ -71,25 +67,11 @@ const auditLines = () =>
 
 describe('controller against hostile clients', () => {
   before(async () => {
-    dirs = isolatedDirs('hardening');
-    audit = path.join(dirs.data, 'audit.log');
-    ctl = new Controller({
-      stateFile: path.join(dirs.data, 'state.json'),
-      branchConcurrency: 2,
-      poolSize: 0,
-      poolMaxTotal: 0,
-      log: () => {},
-    });
-    await ctl.start();
-    app = await buildServer(ctl, { auditLog: audit, logger: false });
+    ({ app, audit, close } = await inProcessController('hardening'));
     await app.listen({ host: '127.0.0.1', port: 0 });
     port = (app.server.address() as net.AddressInfo).port;
   });
-  after(async () => {
-    await app.close();
-    await ctl.stop();
-    dirs.cleanup();
-  });
+  after(() => close());
 
   it('a body of a million wrong-typed array elements is refused at once, with a short error', async () => {
     const body = `{"args":[${Array(1_200_000).fill('1').join(',')}]}`; // ~2.4 MB, the fuzzer's shape

@@ -9,8 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { isolatedDirs } from '../helpers/env.js';
-import { Controller } from '../../src/controller/controller.js';
-import { buildServer } from '../../src/controller/server.js';
+import { inProcessController } from '../helpers/controller.js';
 import { checkBearer, loadToken } from '../../src/controller/auth.js';
 import { isLoopback, parseBind } from '../../src/controller/bind.js';
 import { StateStore } from '../../src/controller/state.js';
@@ -19,8 +18,8 @@ import { fakeSnapshot } from '../helpers/fake-snapshot.js';
 const TOKEN = 'test-token-0123456789abcdef';
 let dirs: ReturnType<typeof isolatedDirs>;
 let app: FastifyInstance;
-let ctl: Controller;
 let audit: string;
+let close: () => Promise<void>;
 const auth = { authorization: `Bearer ${TOKEN}` };
 
 async function call(method: string, url: string, body?: unknown, headers: Record<string, string> = auth) {
@@ -50,23 +49,9 @@ function assertError(r: { status: number; json: Record<string, unknown> }, statu
 
 describe('controller REST routes', () => {
   before(async () => {
-    dirs = isolatedDirs('routes');
-    audit = path.join(dirs.data, 'audit.log');
-    ctl = new Controller({
-      stateFile: path.join(dirs.data, 'state.json'),
-      branchConcurrency: 2,
-      poolSize: 0,
-      poolMaxTotal: 0,
-      log: () => {},
-    });
-    await ctl.start();
-    app = await buildServer(ctl, { token: TOKEN, auditLog: audit, logger: false });
+    ({ app, dirs, audit, close } = await inProcessController('routes', { token: TOKEN }));
   });
-  after(async () => {
-    await app.close();
-    await ctl.stop();
-    dirs.cleanup();
-  });
+  after(() => close());
 
   it('healthz is open; everything else needs the bearer token', async () => {
     assert.deepEqual((await call('GET', '/healthz', undefined, {})).json, { ok: true });
