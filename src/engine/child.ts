@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
-import { pidStartTime } from '../util/proc.js';
 import { freeBytes } from '../util/fs.js';
 import { createOverlay } from '../vmm/disk.js';
 import { QemuVm, QemuVmm, workPaths, type PendingRestore } from '../vmm/qemu.js';
@@ -14,10 +13,10 @@ import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
 import { currentAccel } from '../host/accel.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { diskImage, memoryImage, residentImage, resolveChain } from '../snapshot/assemble.js';
 import { readChildRecord, writeChildRecord as writeRecord, type ChildResources } from '../host/records.js';
 
 export { readChildRecord, type ChildResources };
-import { diskImage, memoryImage, residentImage, resolveChain } from '../snapshot/assemble.js';
 
 /**
  * The child engine: the one way a child VM starts and ends, for every caller (the one-shot `forkd fork`,
@@ -351,8 +350,4 @@ export async function adoptChild(
     if (['paused', 'postmigrate', 'finish-migrate'].includes(st.status)) await qmp.execute('cont');
   }
   return new Child(res, vm, undefined, undefined, undefined, vmInfo.activeDisk);
-}
-
-export function childPidStart(c: Child): number | null {
-  return pidStartTime(c.vm.pid) ?? null;
 }
