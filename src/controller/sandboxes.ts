@@ -11,9 +11,12 @@ import {
   releaseChild,
   resolveSource,
   startChild,
+  type Child,
   type ChildResources,
   type ChildSource,
   type ChildTimings,
+  type PreparedChild,
+  type StartOptions,
 } from '../engine/child.js';
 import { prepareSandbox, type WarmPool } from '../engine/pool.js';
 import { sweepChildDirs } from '../engine/sweep.js';
@@ -41,6 +44,24 @@ export interface LiveSandbox {
   exited?: { reason: string; at_unix: number };
 }
 
+/**
+ * The parts of the child engine the manager uses. The real one by default; unit tests hand in their own
+ * to test the manager's bookkeeping without VMs.
+ */
+export interface SandboxEngine {
+  prepare(source: ChildSource): Promise<PreparedChild>;
+  start(p: PreparedChild, opts: StartOptions): Promise<Child>;
+  adopt(res: ChildResources, info: Parameters<typeof adoptChild>[1]): Promise<Child>;
+  release(res: ChildResources): Promise<void>;
+}
+
+const childEngine: SandboxEngine = {
+  prepare: (source) => prepareSandbox(source),
+  start: startChild,
+  adopt: adoptChild,
+  release: releaseChild,
+};
+
 export interface ManagerEvents {
   log: (msg: string) => void;
   onExit?: (id: string, reason: string) => void;
@@ -62,6 +83,7 @@ export class SandboxManager {
     private readonly state: StateStore,
     private readonly pool: WarmPool,
     private readonly ev: ManagerEvents,
+    private readonly engine: SandboxEngine = childEngine,
   ) {}
 
   /** The snapshot to spawn from, checked and with its memory image resolved (assembled for chains). */
@@ -78,11 +100,11 @@ export class SandboxManager {
     const s = source.s;
     let prepared = this.pool.take(source);
     const fromPool = prepared !== undefined;
-    if (!prepared) prepared = await prepareSandbox(source);
+    if (!prepared) prepared = await this.engine.prepare(source);
     let netIndex: number | undefined;
     if (opts.per_child_netns) netIndex = this.allocNetIndex();
     try {
-      const child = await startChild(prepared, {
+      const child = await this.engine.start(prepared, {
         netIndex,
         memoryLimitMib: opts.memory_limit_mib,
         t0,
@@ -142,6 +164,7 @@ export class SandboxManager {
       if (this.live.get(live.rec.id) !== live) return; // destroyed on purpose
       const reason = live.rec.cgroup && oomKilled(live.rec.cgroup) ? 'oom-killed (memory limit)' : 'exited';
       this.ev.log(`sandbox ${live.rec.id} ${reason}`);
+      live.agent?.close();
       live.exited = { reason, at_unix: nowUnix() };
       this.live.delete(live.rec.id);
       this.exited.set(live.rec.id, live);
@@ -201,7 +224,7 @@ export class SandboxManager {
 
   /** Free what a sandbox's child held (the engine's record of it is part of the sandbox record). */
   private release(rec: SandboxRecord): Promise<void> {
-    return releaseChild(resourcesOf(rec));
+    return this.engine.release(resourcesOf(rec));
   }
 
   /**
@@ -216,7 +239,7 @@ export class SandboxManager {
       const alive = sameProcessAlive({ pid: rec.pid, start: rec.pid_start ?? undefined });
       if (alive) {
         try {
-          const child = await adoptChild(resourcesOf(rec), {
+          const child = await this.engine.adopt(resourcesOf(rec), {
             pid: rec.pid,
             pidStart: rec.pid_start ?? undefined,
             memoryFile: rec.memory_file,
