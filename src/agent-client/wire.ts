@@ -42,9 +42,15 @@ export class AgentWire extends Duplex {
   }
 
   private scanInbound(d: Buffer): void {
-    const buf = this.tail.length ? Buffer.concat([this.tail, d]) : d;
-    if (buf.indexOf(STARTED) >= 0) this.lost('the guest agent restarted');
-    this.tail = Buffer.from(buf.subarray(Math.max(0, buf.length - (STARTED.length - 1))));
+    // No copy of the chunk (file reads stream through here): search it, and the seam with the tail
+    // of the previous chunk, for a frame split across the two.
+    const seam = Buffer.concat([this.tail, d.subarray(0, STARTED.length - 1)]);
+    if (seam.indexOf(STARTED) >= 0 || d.indexOf(STARTED) >= 0) this.lost('the guest agent restarted');
+    const keep = STARTED.length - 1;
+    this.tail =
+      d.length >= keep
+        ? Buffer.from(d.subarray(d.length - keep))
+        : Buffer.from(seam.subarray(Math.max(0, seam.length - keep)));
   }
 
   override _read(): void {

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { freeBytes } from '../util/fs.js';
-import { createOverlay } from '../vmm/disk.js';
+import { memAvailableMib } from '../util/proc.js';
 import { QemuVm, QemuVmm, workPaths, type PendingRestore } from '../vmm/qemu.js';
 import type { MachineConfig, Vmm } from '../vmm/types.js';
 import { AgentClient } from '../agent-client/client.js';
@@ -13,7 +13,13 @@ import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
 import { currentAccel } from '../host/accel.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
-import { diskImage, memoryImage, residentImage, resolveChain } from '../snapshot/assemble.js';
+import {
+  diskImage,
+  memoryImage,
+  overlayTemplate,
+  residentImage,
+  resolveChain,
+} from '../snapshot/assemble.js';
 import { readChildRecord, writeChildRecord as writeRecord, type ChildResources } from '../host/records.js';
 
 export { readChildRecord, type ChildResources };
@@ -52,6 +58,8 @@ export interface ChildSource {
   accelReason: string;
   memoryFile: string;
   diskImage: string;
+  /** An empty overlay over diskImage, copied for each child (see overlayTemplate). */
+  overlayTemplate: string;
   /** which snapshot content it is (a re-created tag must not get an old prepared child) */
   key: string;
 }
@@ -109,13 +117,15 @@ export async function resolveSource(
   const s = typeof tagOrSnapshot === 'string' ? loadSnapshot(tagOrSnapshot) : tagOrSnapshot;
   const chain = resolveChain(s);
   const { accel, reason } = await checkCompatible(s);
+  const disk = await diskImage(s, chain);
   return {
     s,
     machine: machineOf(s),
     accel,
     accelReason: reason,
     memoryFile: memory === 'resident' ? await residentImage(s, chain) : await memoryImage(s, chain),
-    diskImage: await diskImage(s, chain),
+    diskImage: disk,
+    overlayTemplate: await overlayTemplate(s, disk),
     key: snapshotKey(s),
   };
 }
@@ -144,33 +154,24 @@ export function preflight(n: number, s: LoadedSnapshot, workRoot: string): void 
     );
 }
 
-function memAvailableMib(): number | undefined {
-  try {
-    const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
-    return m ? Math.floor(Number(m[1]) / 1024) : undefined;
-  } catch {
-    return undefined;
-  }
+/** 12 hex characters derived from a child id: host interface names are at most 15 bytes. */
+function shortId(id: string): string {
+  return createHash('sha256').update(id).digest('hex').slice(0, 12);
 }
 
-/** Host interface names are at most 15 bytes; derived from the child id so a record names its tap. */
 export function tapName(id: string): string {
-  return `fk${createHash('sha256').update(id).digest('hex').slice(0, 12)}`;
+  return `fk${shortId(id)}`;
 }
 
 /** Free every host resource a child had, in reverse order of setup. Idempotent; the VM must be gone. */
 export async function releaseChild(res: ChildResources): Promise<void> {
   // The namespace's name comes from the record (never recomputed), so older records free theirs too.
   if (res.netns && res.net_index !== null)
-    await teardownChildNet({ ...netFor(netId(res.id), res.net_index), netns: res.netns });
+    await teardownChildNet({ ...netFor(shortId(res.id), res.net_index), netns: res.netns });
   // A tap moved into the namespace went with it; one still in the host namespace is removed here.
   if (res.tap) await deleteLink(res.tap);
   if (res.cgroup) await removeCgroup(res.cgroup);
   fs.rmSync(res.work_dir, { recursive: true, force: true });
-}
-
-function netId(id: string): string {
-  return createHash('sha256').update(id).digest('hex').slice(0, 12);
 }
 
 /** A child started up to the point where it waits for its device state. */
@@ -201,7 +202,8 @@ export async function prepareChild(
   writeRecord(res);
   const disk = path.join(res.work_dir, 'disk.qcow2');
   try {
-    await createOverlay(disk, source.diskImage, 'qcow2');
+    fs.copyFileSync(source.overlayTemplate, disk);
+    fs.chmodSync(disk, 0o600); // the template is read-only; the child writes its copy
     if (source.machine.net === 'virtio') {
       res.tap = tapName(res.id);
       writeRecord(res);
@@ -278,7 +280,7 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
           `snapshot '${p.source.s.tag}' has no network device, so per_child_netns cannot give its children a network`,
           'create the snapshot with a NIC (forkd snapshot --net, or "net": true in POST /v1/snapshots)',
         );
-      const net = netFor(netId(res.id), opts.netIndex);
+      const net = netFor(shortId(res.id), opts.netIndex);
       res.netns = net.netns;
       res.net_index = net.index;
       writeRecord(res);

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { snapshotsDir, runDir } from '../util/paths.js';
 import { freeBytes } from '../util/fs.js';
 import { bytes } from '../util/format.js';
-import { commandExists } from '../util/proc.js';
+import { commandExists, memAvailableMib } from '../util/proc.js';
 import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
 import { listImages } from '../image/build.js';
 import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
@@ -254,8 +254,7 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
           tun ? 'run: forkd setup --yes' : 'load the tun module: modprobe tun',
         ),
   );
-  const m = /MemAvailable:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
-  const avail = m ? Number(m[1]) * 1024 : 0;
+  const avail = (memAvailableMib() ?? 0) * 1048576;
   out.push(
     avail >= 2 * GiB
       ? check('memory', 'PASS', `${bytes(avail)} available, ${os.cpus().length} CPUs`)

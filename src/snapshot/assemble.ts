@@ -7,6 +7,7 @@ import { snapshotsDir } from '../util/paths.js';
 import { contentHash } from './metadata.js';
 import { checkIntegrity, loadSnapshot, type LoadedSnapshot } from './store.js';
 import { applyDiff } from './memdiff.js';
+import { createOverlay } from '../vmm/disk.js';
 
 /** Chains deeper than this are refused (a loop in parent_tag, or a runaway chain). */
 export const MAX_CHAIN_DEPTH = 32;
@@ -130,6 +131,17 @@ export async function diskImage(s: LoadedSnapshot, chain?: LoadedSnapshot[]): Pr
     const base = path.join(s.dir, s.meta.files.base.path);
     await runOk('qemu-img', ['rebase', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', tmp]);
   });
+}
+
+/**
+ * An empty qcow2 overlay over `disk` (the snapshot's disk image, by absolute path), made once per disk
+ * content and cached. Children copy it (a file copy) instead of running qemu-img each (a process).
+ */
+export async function overlayTemplate(s: LoadedSnapshot, disk: string): Promise<string> {
+  const key = cacheKey([disk, s.meta.files.disk.sha256, String(fs.statSync(disk).mtimeMs)]);
+  return cachedFile(path.join(assembledDir(), `${s.tag}-${key}.overlay.qcow2`), (tmp) =>
+    createOverlay(tmp, disk, 'qcow2'),
+  );
 }
 
 /** tmpfs dir for memory images that running sandboxes map (see residentImage). */

@@ -113,3 +113,13 @@ export function commandExists(cmd: string): boolean {
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** MemAvailable from /proc/meminfo, in MiB (undefined where it cannot be read). */
+export function memAvailableMib(): number | undefined {
+  try {
+    const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+    return m ? Math.floor(Number(m[1]) / 1024) : undefined;
+  } catch {
+    return undefined;
+  }
+}
