@@ -14,6 +14,7 @@ import {
   FileListSchema,
   firstIssue,
   IdentityResultSchema,
+  SettleResultSchema,
   PingSchema,
   RemovedSchema,
 } from './replies.js';
@@ -27,6 +28,7 @@ import type {
   FileEntry,
   Identity,
   IdentityResult,
+  SettleResult,
   PingResponse,
 } from '../protocol/agent-api.js';
 
@@ -369,6 +371,11 @@ export class AgentClient {
       time_unix_ns: String(BigInt(Date.now()) * 1_000_000n),
       seed_hex: randomBytes(64).toString('hex'),
     });
+  }
+
+  /** The parent, just before its snapshot: collect garbage and freeze the Python heap (see prime.ts). */
+  settle(): Promise<SettleResult> {
+    return this.json(SettleResultSchema, 'POST', '/v1/settle', {}, 60_000);
   }
 
   eval(req: EvalRequest): Promise<EvalResult> {

@@ -36,6 +36,11 @@ export const IdentityResultSchema = z.looseObject({
   took_ms: nonNeg,
 });
 
+export const SettleResultSchema = z.looseObject({
+  js_gc: z.boolean(),
+  heap_used: z.number(),
+  python: z.looseObject({ collected: z.number(), frozen: z.number() }).nullable(),
+});
 export const EvalResultSchema = z.looseObject({
   ok: z.boolean(),
   result: z.string().nullable(),

@@ -3,6 +3,7 @@
  * Routes:
  *   GET  /v1/ping                -> PingResponse
  *   POST /v1/identity  Identity  -> IdentityResult   (after every restore: who the child is now)
+ *   POST /v1/settle              -> SettleResult     (the parent, just before its snapshot)
  *   POST /v1/exec      ExecRequest -> NDJSON stream of ExecEvent lines
  *   POST /v1/eval      EvalRequest -> EvalResult
  *   GET  /v1/files?path=P            -> file bytes (streamed)
@@ -44,6 +45,14 @@ export interface IdentityResult {
   kernel_rng_reseeded: boolean;
   python_reseeded: boolean;
   took_ms: number;
+}
+
+export interface SettleResult {
+  /** Whether the JavaScript heap was collected (the agent runs with --expose-gc). */
+  js_gc: boolean;
+  heap_used: number;
+  /** The Python worker's collection and freeze, or null without Python. */
+  python: { collected: number; frozen: number } | null;
 }
 
 export interface ExecRequest {

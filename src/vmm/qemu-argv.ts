@@ -1,3 +1,4 @@
+import { ForkdError } from '../util/errors.js';
 import type { MachineConfig } from './types.js';
 
 /** The name of the virtio-serial port the guest agent listens on. */
@@ -21,8 +22,31 @@ export const GUEST_GATEWAY = '10.42.0.1';
 /** Flags every forkd QEMU gets: no default devices or config files, no display, exit on guest reboot. */
 export const BASE_FLAGS = ['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot'];
 
+/**
+ * TCG's translated-code cache per QEMU, MiB. Each child fills its own (no two QEMUs share
+ * translations), so this caps the largest part of a TCG child's private memory; a cache too small for
+ * what the guest runs is flushed and refilled, which costs time (npm run bench measures both).
+ * FORKD_TCG_TB_MIB overrides the default; it is not part of the device state, so children may differ
+ * from their parent.
+ */
+export function tcgCacheMib(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.FORKD_TCG_TB_MIB;
+  if (raw === undefined || raw === '') return DEFAULT_TCG_CACHE_MIB;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 8 || n > 2048)
+    throw new ForkdError(
+      'bad_input',
+      `FORKD_TCG_TB_MIB must be a whole number of MiB from 8 to 2048 (got '${raw}')`,
+      `unset it for the default (${DEFAULT_TCG_CACHE_MIB}) or set e.g. FORKD_TCG_TB_MIB=32`,
+    );
+  return n;
+}
+export const DEFAULT_TCG_CACHE_MIB = 64;
+
 export function accelArgs(accel: MachineConfig['accel']): string[] {
-  return accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max'];
+  return accel === 'kvm'
+    ? ['-accel', 'kvm', '-cpu', 'host']
+    : ['-accel', `tcg,tb-size=${tcgCacheMib()}`, '-cpu', 'max'];
 }
 
 /** Machine + device arguments. Must be identical for a parent and all of its children. */

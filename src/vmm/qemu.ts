@@ -29,6 +29,27 @@ export function workPaths(workDir: string, memoryFile: string, disk: string): Qe
   };
 }
 
+export interface TcgStats {
+  /** Translation blocks in the code cache. */
+  tbCount: number;
+  /** Bytes of host code generated for them. */
+  codeBytes: number;
+  /** Times the cache filled up and was flushed (each flush means translating again). */
+  flushes: number;
+}
+
+/** The numbers of QEMU's `info jit` (7.x text layout); undefined when it is not TCG's output. */
+export function parseInfoJit(text: string): TcgStats | undefined {
+  const num = (re: RegExp) => {
+    const m = re.exec(text);
+    return m ? Number(m[1]) : undefined;
+  };
+  const codeBytes = num(/gen code size\s+(\d+)/);
+  const tbCount = num(/TB count\s+(\d+)/);
+  if (codeBytes === undefined || tbCount === undefined) return undefined;
+  return { tbCount, codeBytes, flushes: num(/TB flush count\s+(\d+)/) ?? 0 };
+}
+
 /** One running QEMU process and its QMP connection: started by us, or adopted after a daemon restart. */
 export class QemuVm implements VmHandle {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -89,6 +110,22 @@ export class QemuVm implements VmHandle {
   }
   isAlive(): boolean {
     return this.alive;
+  }
+
+  /**
+   * Under TCG, how much guest code this QEMU has translated so far (QEMU's `info jit`): the guest work a
+   * child repeats that its parent already did, since no two QEMUs share translations. Undefined under
+   * KVM or when the monitor does not answer.
+   */
+  async tcgStats(): Promise<TcgStats | undefined> {
+    if (!this.qmp) return undefined;
+    let text: string;
+    try {
+      text = await this.qmp.execute<string>('human-monitor-command', { 'command-line': 'info jit' }, 5000);
+    } catch {
+      return undefined;
+    }
+    return parseInfoJit(text);
   }
 
   /** QEMU's own stderr (startup errors such as a bad option or a device-state mismatch). */

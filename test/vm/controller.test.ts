@@ -385,7 +385,7 @@ describe('controller daemon on real VMs', { timeout: 30 * 60_000 }, () => {
   it('a hostile guest: its agent killed, garbage on the agent port; only that sandbox errs, and it recovers', async () => {
     const [a, b] = await c.spawnSandboxes({ snapshotTag: TAG, n: 2 });
     assert.ok(a!.ok && b!.ok);
-    const agentPid = "$(pgrep -f '^/usr/bin/node /opt/forkd/src/guest/agent/main.js')";
+    const agentPid = "$(pgrep -f '^/usr/bin/node .*/opt/forkd/src/guest/agent/main.js')";
     // 1. The agent is killed while an exec is in flight; its supervisor restarts it at once.
     await sh(a!.id!, `setsid sh -c "sleep 1; kill -9 ${agentPid}" >/dev/null 2>&1 </dev/null &`);
     await assert.rejects(c.execCommand(a!.id!, 'sleep 20; echo never'), /restarted/);

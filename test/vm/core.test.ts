@@ -63,6 +63,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     assert.equal(await sha256File(path.join(s.dir, 'vmstate')), s.meta.files.vmstate.sha256);
     assert.equal(await sha256File(path.join(s.dir, 'memory.bin')), s.meta.files.memory.sha256);
     assert.ok(s.meta.timings.pause_ms! > 0);
+    assert.ok(s.meta.timings.prime_ms! > 0, 'the parent ran the request paths before its snapshot');
     assert.equal(s.meta.guest.numpy !== null, true, 'numpy was imported warm in the parent');
   });
 
@@ -81,6 +82,15 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
       hostnames.map((h) => h.stdout.trim()),
       children.map((c) => c.report.id),
     );
+  });
+
+  it('children start settled: the Python heap frozen in the parent, /etc/hostname the kernel name', async () => {
+    for (const c of children) {
+      const frozen = await py(c, "__import__('gc').get_freeze_count()");
+      assert.ok((frozen.result_json as number) > 1000, `frozen objects: ${frozen.result}`);
+      const link = await c.agent.exec({ argv: ['readlink', '/etc/hostname'] });
+      assert.equal(link.stdout.trim(), '/proc/sys/kernel/hostname');
+    }
   });
 
   it('children continue from the parent state: RAM, warm interpreter, disk', async () => {

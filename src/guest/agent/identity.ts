@@ -35,7 +35,8 @@ export async function applyIdentity(id: Identity, python: PythonWorker): Promise
   } else {
     fs.writeFileSync('/dev/urandom', Buffer.from(id.seed_hex, 'hex'));
     fs.writeFileSync('/proc/sys/kernel/hostname', id.hostname);
-    fs.writeFileSync('/etc/hostname', id.hostname + '\n');
+    if (!fs.lstatSync('/etc/hostname', { throwIfNoEntry: false })?.isSymbolicLink())
+      fs.writeFileSync('/etc/hostname', id.hostname + '\n');
     const ns = BigInt(id.time_unix_ns);
     const skew = Number(BigInt(Date.now()) * 1_000_000n - ns) / 1e6;
     const secs = `${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`;

@@ -140,6 +140,22 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
         return sendJson(stream, 500, { error: `identity: ${(e as Error).message}` });
       }
     }
+    case 'POST /v1/settle': {
+      // The parent, just before its snapshot: garbage collected now is never collected (nor its code
+      // translated) again in each child. `gc` exists when node runs with --expose-gc (the guest init).
+      const gc = (globalThis as { gc?: () => void }).gc;
+      gc?.();
+      let py: Record<string, unknown> | null = null;
+      if (python.info.ready) {
+        py = await python.request({ op: 'settle' });
+        delete py.id;
+      }
+      return sendJson(stream, 200, {
+        js_gc: Boolean(gc),
+        heap_used: process.memoryUsage().heapUsed,
+        python: py,
+      });
+    }
     case 'POST /v1/exec': {
       const req = body as ExecRequest;
       const err = validateExec(req);

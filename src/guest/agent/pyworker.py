@@ -6,6 +6,7 @@ fd 3 (requests) and fd 4 (replies); the user's own stdout/stderr are captured pe
 import ast
 import contextlib
 import fcntl
+import gc
 import io
 import json
 import os
@@ -114,10 +115,19 @@ def do_identity(msg):
         res["clock_error"] = str(e)
     name = msg["hostname"]
     socket.sethostname(name)
-    with open("/etc/hostname", "w") as f:
-        f.write(name + "\n")
+    if not os.path.islink("/etc/hostname"):  # normally a link to /proc/sys/kernel/hostname
+        with open("/etc/hostname", "w") as f:
+            f.write(name + "\n")
     res["hostname"] = socket.gethostname()
     return res
+
+
+def do_settle():
+    """Before the snapshot: collect garbage now, then freeze what is left (gc.freeze), so children
+    neither run a collection over the parent's objects nor copy the pages such a pass would touch."""
+    collected = gc.collect()
+    gc.freeze()
+    return {"ok": True, "collected": collected, "frozen": gc.get_freeze_count()}
 
 
 def main():
@@ -135,6 +145,8 @@ def main():
                 reply = do_identity(msg)
             elif op == "ping":
                 reply = {"ok": True}
+            elif op == "settle":
+                reply = do_settle()
             else:
                 reply = {"ok": False, "error": {"type": "ValueError", "message": "unknown op %r" % op, "traceback": ""}}
             reply["id"] = msg.get("id")

@@ -9,7 +9,9 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 [ -e /proc/sys/kernel/hostname ] && echo forkd-parent > /proc/sys/kernel/hostname
-echo forkd-parent > /etc/hostname
+# /etc/hostname follows the kernel's name: a child that is renamed after its restore then has nothing
+# to rewrite on disk.
+ln -sf /proc/sys/kernel/hostname /etc/hostname
 ip link set lo up 2>/dev/null
 # A snapshot made with a NIC: every child keeps this address, each alone on its own tap / namespace.
 if [ -e /sys/class/net/eth0 ]; then
@@ -20,7 +22,7 @@ fi
 cd /root
 exec /usr/bin/tini -s -- /bin/sh -c '
   while :; do
-    /usr/bin/node /opt/forkd/src/guest/agent/main.js
+    /usr/bin/node --expose-gc /opt/forkd/src/guest/agent/main.js
     echo "forkd-agent exited ($?); restarting" > /dev/console
     sleep 0.5
   done'
