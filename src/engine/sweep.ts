@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { runDir, snapshotsDir } from '../util/paths.js';
-import { diskUsage } from '../util/fs.js';
+import { diskUsage, listDir } from '../util/fs.js';
 import { pidAlive } from '../util/proc.js';
 import { ownerAlive, readOwner, WORK_PREFIXES } from '../host/workdir.js';
 import { readChildRecord, releaseChild, SANDBOX_DIR_PREFIX } from './child.js';
@@ -99,13 +99,7 @@ export async function cleanup(apply: boolean): Promise<CleanupItem[]> {
       });
     }
   };
-  let entries: string[] = [];
-  try {
-    entries = fs.readdirSync(runDir());
-  } catch {
-    /* no run dir */
-  }
-  for (const e of entries)
+  for (const e of listDir(runDir()))
     if (WORK_PREFIXES.some((p) => e.startsWith(p))) consider(path.join(runDir(), e), 'workdir', true);
     else if (e.startsWith(SANDBOX_DIR_PREFIX)) {
       // A daemon's sandbox outlives the daemon (it is re-adopted on restart): leftover only once its
@@ -216,14 +210,8 @@ export async function releaseChildrenIn(dir: string): Promise<void> {
  * Returns the dirs removed.
  */
 export async function sweepChildDirs(opts: { keep: Set<string>; apply: boolean }): Promise<string[]> {
-  let names: string[] = [];
-  try {
-    names = fs.readdirSync(runDir());
-  } catch {
-    return [];
-  }
   const removed: string[] = [];
-  for (const n of names) {
+  for (const n of listDir(runDir())) {
     const dir = path.join(runDir(), n);
     if (!n.startsWith(SANDBOX_DIR_PREFIX) || opts.keep.has(dir)) continue;
     removed.push(dir);

@@ -12,6 +12,7 @@ import {
 import { z } from 'zod';
 import { ForkdError } from '../util/errors.js';
 import { configDir } from '../util/paths.js';
+import { listDir } from '../util/fs.js';
 
 /**
  * Pack authenticity (the reference has integrity only): Ed25519 over the exact manifest.toml bytes. The
@@ -141,12 +142,7 @@ export function untrustKey(keyId: string): void {
 /** Trusted keys: the trusted dir plus any extra public key files given for one command. */
 export function trustedKeys(extraFiles: string[] = []): Map<string, KeyObject> {
   const out = new Map<string, KeyObject>();
-  let names: string[] = [];
-  try {
-    names = fs.readdirSync(trustedDir()).filter((f) => f.endsWith('.pub'));
-  } catch {
-    /* none yet */
-  }
+  const names = listDir(trustedDir()).filter((f) => f.endsWith('.pub'));
   for (const f of [...names.map((n) => path.join(trustedDir(), n)), ...extraFiles]) {
     const k = readKey(f, 'public');
     out.set(keyIdOf(k), k);

@@ -7,6 +7,7 @@ import { ensureKernel, type GuestKernel } from './kernel.js';
 import { ensureInitramfs } from './initramfs.js';
 import { ensureRootfs, type RootfsImage } from './rootfs.js';
 import { getRecipe, withExtras } from './recipes.js';
+import { listDir } from '../util/fs.js';
 
 /** Everything needed to boot a parent: kernel, initramfs (modules + agent), root filesystem. */
 export interface GuestImage {
@@ -63,12 +64,7 @@ export async function buildImage(opts: BuildOptions, rep: Reporter): Promise<Gue
 
 /** The most recently built image of each recipe (from the manifests `parent build` writes). */
 export function listImages(): GuestImage[] {
-  let files: string[] = [];
-  try {
-    files = fs.readdirSync(imagesDir()).filter((f) => f.endsWith('.json'));
-  } catch {
-    return [];
-  }
+  const files = listDir(imagesDir()).filter((f) => f.endsWith('.json'));
   const out: GuestImage[] = [];
   for (const f of files) {
     try {

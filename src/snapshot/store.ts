@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { snapshotsDir } from '../util/paths.js';
 import { ForkdError } from '../util/errors.js';
-import { diskUsage } from '../util/fs.js';
+import { diskUsage, listDir } from '../util/fs.js';
 import { SnapshotMeta, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
 
@@ -67,14 +67,8 @@ export interface SnapshotListing {
 
 /** All snapshots, newest first. Broken entries are listed with their error rather than hidden. */
 export function listSnapshots(): SnapshotListing[] {
-  let names: string[] = [];
-  try {
-    names = fs.readdirSync(snapshotsDir());
-  } catch {
-    return [];
-  }
   const out: SnapshotListing[] = [];
-  for (const name of names) {
+  for (const name of listDir(snapshotsDir())) {
     if (name.startsWith('.')) continue; // staging / deleting dirs
     const dir = path.join(snapshotsDir(), name);
     if (!fs.statSync(dir).isDirectory()) continue;

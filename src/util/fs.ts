@@ -63,6 +63,15 @@ export function linkOrCopy(src: string, dst: string): 'link' | 'copy' {
   }
 }
 
+/** The names in a directory, or none when it does not exist (yet) or cannot be read. */
+export function listDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
 export function readJson<T = unknown>(file: string): T {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
 }
