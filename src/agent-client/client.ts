@@ -1,3 +1,5 @@
+import { scaledMs } from '../util/host-speed.js';
+import { connectUnix } from '../util/unix-socket.js';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Readable } from 'node:stream';
@@ -84,23 +86,6 @@ function checked<T>(schema: z.ZodType, value: unknown, what: string, status: num
 }
 
 /** Open the unix socket QEMU serves for the agent port, retrying until it exists. */
-async function openSocket(path: string, deadline: number, signal?: AbortSignal): Promise<net.Socket> {
-  for (;;) {
-    if (signal?.aborted) throw new Error('connect aborted');
-    try {
-      return await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.createConnection(path);
-        s.once('connect', () => resolve(s));
-        s.once('error', reject);
-      });
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
-}
-
 /**
  * Send HELLO+nonce and discard input until the guest's ACK+nonce. Resolves with the socket positioned
  * at the first byte of the new session. Resends the HELLO periodically: a guest that is still booting
@@ -220,20 +205,21 @@ export class AgentClient {
    */
   private watchLiveness(): void {
     if (this.keepalive) return;
+    const pingTimeoutMs = scaledMs(AGENT_LIMITS.pingTimeoutMs);
     this.keepalive = setInterval(() => {
       const timer = setTimeout(
         () =>
           this.markLost(
-            `the guest agent stopped answering (no reply to a ping in ${AGENT_LIMITS.pingTimeoutMs / 1000} s)`,
+            `the guest agent stopped answering (no reply to a ping in ${pingTimeoutMs / 1000} s)`,
           ),
-        AGENT_LIMITS.pingTimeoutMs,
+        pingTimeoutMs,
       );
       try {
         this.session.ping(() => clearTimeout(timer));
       } catch {
         clearTimeout(timer);
       }
-    }, AGENT_LIMITS.pingIntervalMs);
+    }, scaledMs(AGENT_LIMITS.pingIntervalMs));
     this.keepalive.unref();
   }
 
@@ -288,6 +274,8 @@ export class AgentClient {
         reject(new AgentError(0, `agent session closed: ${(e as Error).message}`, 'ECONNRESET'));
         return;
       }
+      // Timeouts are reference-host values, stretched to this host's measured speed (util/host-speed).
+      if (timeoutMs !== undefined) timeoutMs = scaledMs(timeoutMs);
       if (timeoutMs !== undefined)
         timer = setTimeout(() => {
           if (settled) return;
@@ -303,8 +291,12 @@ export class AgentClient {
     socketPath: string,
     opts: { timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<AgentClient> {
-    const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-    const sock = await openSocket(socketPath, deadline, opts.signal);
+    const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
+    const sock = await connectUnix(socketPath, {
+      deadline,
+      retryMs: 5,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
     try {
       await resync(sock, deadline, opts.signal);
     } catch (e) {

@@ -5,13 +5,16 @@ import { ForkdError } from '../util/errors.js';
 import { freeBytes } from '../util/fs.js';
 import { memAvailableMib } from '../util/proc.js';
 import { QemuVm, QemuVmm, workPaths, type PendingRestore } from '../vmm/qemu.js';
-import type { MachineConfig, Vmm } from '../vmm/types.js';
+import type { MachineConfig, RestoreTimings, Vmm } from '../vmm/types.js';
+import { SignalChannel } from '../vmm/signal.js';
+import { RUN_SIGNAL } from '../image/firmware.js';
 import { AgentClient } from '../agent-client/client.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
 import { currentAccel } from '../host/accel.js';
+import { missingCpuFeatures } from '../host/cpu.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
 import {
   diskImage,
@@ -29,9 +32,9 @@ export { readChildRecord, type ChildResources };
  * the daemon's sandboxes and warm pool, snapshot-diff, workspaces, benches).
  *
  * A child is built in two steps, so a warm pool can do the first ahead of time:
- *   prepareChild: work dir, disk overlay, tap, QEMU started with the snapshot's RAM mapped, waiting for
- *                 its device state (`-incoming defer`);
- *   startChild:   memory cgroup, network namespace, device state loaded, `cont`, agent resync, identity.
+ *   prepareChild: work dir, disk overlay, tap, QEMU started with the snapshot's RAM mapped and its
+ *                 device state loaded (`-incoming defer`, then the state), paused;
+ *   startChild:   memory cgroup, network namespace, `cont`, agent resync, identity.
  * Every host resource it takes is written to its record (`child.json` in its work dir) as soon as it
  * exists, so `destroy()`, `releaseChild()` after a crash, and the sweeper all free exactly what it had.
  */
@@ -76,6 +79,7 @@ export function machineOf(s: LoadedSnapshot): MachineConfig {
     vcpus: s.meta.machine.vcpus,
     memMib: s.meta.machine.mem_mib,
     net: s.meta.machine.net,
+    ...(s.meta.machine.firmware ? { firmware: path.join(s.dir, s.meta.machine.firmware) } : {}),
   };
 }
 
@@ -95,6 +99,15 @@ export async function checkCompatible(
       `snapshot '${s.tag}' was saved by QEMU ${s.meta.vmm.version}; this host has QEMU ${qemu}, which may not load its device state`,
       `re-create the snapshot here: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
     );
+  const cpu = s.meta.vmm.cpu;
+  const missing = cpu ? missingCpuFeatures(cpu) : [];
+  if (missing.length)
+    throw new ForkdError(
+      'incompatible_snapshot',
+      `snapshot '${s.tag}' was saved under KVM on a CPU (${cpu!.model}) with features this host's CPU lacks: ${missing.join(', ')}; its guest already chose code paths that use them`,
+      `re-create the snapshot on this host: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
+    );
+  if (s.meta.machine.firmware) return firmwareAccel(s);
   const probe = await currentAccel();
   if (probe.accel !== s.meta.accelerator)
     throw new ForkdError(
@@ -103,6 +116,21 @@ export async function checkCompatible(
       `re-create the snapshot on this host: forkd rmi ${s.tag} && forkd snapshot --tag ${s.tag}`,
     );
   return { accel: probe.accel, reason: probe.reason };
+}
+
+/** A firmware guest needs no stock-kernel support: under kvm, an accessible /dev/kvm is enough. */
+function firmwareAccel(s: LoadedSnapshot): { accel: string; reason: string } {
+  if (s.meta.accelerator === 'tcg') return { accel: 'tcg', reason: 'firmware guest saved under tcg' };
+  try {
+    fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
+  } catch (e) {
+    throw new ForkdError(
+      'incompatible_snapshot',
+      `snapshot '${s.tag}' is a kvm firmware guest, but /dev/kvm cannot be opened here: ${(e as Error).message}`,
+      'run it on a host with KVM, or re-create it here under tcg',
+    );
+  }
+  return { accel: 'kvm', reason: 'firmware guest: /dev/kvm accessible' };
 }
 
 /**
@@ -174,18 +202,20 @@ export async function releaseChild(res: ChildResources): Promise<void> {
   fs.rmSync(res.work_dir, { recursive: true, force: true });
 }
 
-/** A child started up to the point where it waits for its device state. */
+/** A child started up to the point where only `cont` is left (device state loaded, paused). */
 export interface PreparedChild {
   source: ChildSource;
   res: ChildResources;
   disk: string;
   pending: PendingRestore;
+  /** A firmware guest's signal channel, connected ahead (it must be before `cont`). */
+  signal?: SignalChannel;
 }
 
 /** The engine's VMM, through the backend-neutral interface (QEMU is the only backend). */
 const vmm: Vmm<QemuVm> = new QemuVmm();
 
-/** Step 1: dir, overlay, tap, QEMU waiting for device state. On failure everything taken is freed. */
+/** Step 1: dir, overlay, tap, QEMU with its device state loaded, paused. On failure everything taken is freed. */
 export async function prepareChild(
   source: ChildSource,
   opts: { id: string; workDir: string; name?: string },
@@ -218,7 +248,19 @@ export async function prepareChild(
       name: opts.name ?? `forkd-${res.id}`,
       ...(res.tap ? { tap: res.tap } : {}),
     });
-    return { source, res, disk, pending };
+    if (!source.machine.firmware) return { source, res, disk, pending };
+    try {
+      return {
+        source,
+        res,
+        disk,
+        pending,
+        signal: await SignalChannel.connect(pending.vm.paths.signalSocket),
+      };
+    } catch (e) {
+      await pending.vm.destroy();
+      throw e;
+    }
   } catch (e) {
     await releaseChild(res);
     throw e;
@@ -263,7 +305,7 @@ export class Child {
   }
 }
 
-/** Step 2: limits and network, device state, cont, agent, identity. On failure the child is destroyed. */
+/** Step 2: limits and network, cont, agent, identity. On failure the child is destroyed. */
 export async function startChild(p: PreparedChild, opts: StartOptions = {}): Promise<Child> {
   const t0 = opts.t0 ?? performance.now();
   const { res, pending } = p;
@@ -286,6 +328,7 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
       writeRecord(res);
       await setupChildNet(net, res.tap);
     }
+    if (p.source.machine.firmware) return await startFirmwareChild(p, opts, t0);
     const { timings } = await vmm.completeRestore(pending);
     const tAgent0 = performance.now();
     const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: opts.agentTimeoutMs ?? 60_000 });
@@ -298,21 +341,12 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
       throw e;
     }
     const tId = performance.now();
-    const r1 = (n: number) => Math.round(n * 10) / 10;
     return new Child(
       res,
       vm,
       agent,
       identity,
-      {
-        spawn_ms: r1(opts.fromPool ? 0 : timings.spawnMs),
-        load_ms: r1(timings.loadMs),
-        cont_ms: r1(timings.contMs),
-        agent_ms: r1(tAgent - tAgent0),
-        identity_ms: r1(tId - tAgent),
-        ready_ms: r1(tId - t0),
-        from_pool: opts.fromPool ?? false,
-      },
+      childTimings(timings, opts, { agentMs: tAgent - tAgent0, identityMs: tId - tAgent, readyMs: tId - t0 }),
       p.disk,
     );
   } catch (e) {
@@ -322,8 +356,52 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
   }
 }
 
+/**
+ * A firmware guest (image/firmware.ts) has no agent: it is running once it sends its run signal on the
+ * debug port. The signal socket is connected before `cont`, or the byte would be lost. `agent_ms`
+ * holds the time from `cont` to the signal.
+ */
+async function startFirmwareChild(p: PreparedChild, opts: StartOptions, t0: number): Promise<Child> {
+  const signal = p.signal ?? (await SignalChannel.connect(p.pending.vm.paths.signalSocket));
+  try {
+    const { timings } = await vmm.completeRestore(p.pending);
+    const tCont = performance.now();
+    await signal.waitFor(RUN_SIGNAL, 10_000);
+    const tRun = performance.now();
+    return new Child(
+      p.res,
+      p.pending.vm,
+      undefined,
+      undefined,
+      childTimings(timings, opts, { agentMs: tRun - tCont, identityMs: 0, readyMs: tRun - t0 }),
+      p.disk,
+    );
+  } finally {
+    signal.close();
+  }
+}
+
+/** A pool child did its spawn and load before the request: they are not on its path (0). */
+function childTimings(
+  t: RestoreTimings,
+  opts: StartOptions,
+  rest: { agentMs: number; identityMs: number; readyMs: number },
+): ChildTimings {
+  const r1 = (n: number) => Math.round(n * 10) / 10;
+  return {
+    spawn_ms: r1(opts.fromPool ? 0 : t.spawnMs),
+    load_ms: r1(opts.fromPool ? 0 : t.loadMs),
+    cont_ms: r1(t.contMs),
+    agent_ms: r1(rest.agentMs),
+    identity_ms: r1(rest.identityMs),
+    ready_ms: r1(rest.readyMs),
+    from_pool: opts.fromPool ?? false,
+  };
+}
+
 /** Stop a prepared child that will not be started, freeing all it took. */
 export async function discardPrepared(p: PreparedChild): Promise<void> {
+  p.signal?.close();
   await p.pending.vm.destroy();
   await releaseChild(p.res);
 }

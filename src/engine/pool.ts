@@ -10,9 +10,9 @@ import {
 } from './child.js';
 
 /**
- * A prepared child (see child.ts): QEMU started with the snapshot's RAM mapped and its disk overlay and
- * tap in place, waiting for its device state. Taking one skips process start-up, QMP handshake and
- * overlay creation: what is left is loading ~60 KiB of device state and `cont`.
+ * A prepared child (see child.ts): QEMU started with the snapshot's RAM mapped, its device state loaded
+ * and its disk overlay and tap in place, paused. Taking one skips process start-up, QMP handshake,
+ * overlay creation and the state load: what is left is `cont` (and, for a Linux guest, the agent).
  */
 export type Prepared = PreparedChild;
 
@@ -35,6 +35,11 @@ export interface PoolOptions {
   /** Upper bound over all tags, so an idle host is not loaded with waiting VMMs. */
   maxTotal: number;
   log: (msg: string) => void;
+  /**
+   * How long after a take the refill starts (default 25 ms): a QEMU being spawned competes for the CPU
+   * with the child just taken, whose start is a few milliseconds under KVM.
+   */
+  refillDelayMs?: number;
   /** How a child is prepared and thrown away; the engine's by default (unit tests pass their own). */
   prepare?: (source: ChildSource) => Promise<Prepared>;
   discard?: (p: Prepared) => Promise<void>;
@@ -46,7 +51,7 @@ export interface PoolOptions {
  */
 export class WarmPool {
   private readonly ready = new Map<string, Prepared[]>();
-  private readonly filling = new Set<string>();
+  private readonly filling = new Map<string, Promise<void>>();
   private closed = false;
   private preparing = 0;
   private readonly prepare: (source: ChildSource) => Promise<Prepared>;
@@ -88,15 +93,19 @@ export class WarmPool {
       }
       void this.discard(p);
     }
-    this.refill(s.tag);
+    const delay = this.opts.refillDelayMs ?? 25;
+    if (delay <= 0) this.refill(s.tag);
+    else setTimeout(() => this.refill(s.tag), delay).unref();
     return got;
   }
 
   /** Ask for the tag's pool to be topped up (no-op when the pool is off or full). */
   refill(tag: string): void {
     if (!this.enabled || this.closed || this.filling.has(tag)) return;
-    this.filling.add(tag);
-    void this.fill(tag).finally(() => this.filling.delete(tag));
+    this.filling.set(
+      tag,
+      this.fill(tag).finally(() => this.filling.delete(tag)),
+    );
   }
 
   private async fill(tag: string): Promise<void> {
@@ -129,8 +138,10 @@ export class WarmPool {
     await Promise.all(list.map((p) => this.discard(p)));
   }
 
+  /** Stop every prepared child, including those still being prepared (so none outlives the pool). */
   async close(): Promise<void> {
     this.closed = true;
+    await Promise.all([...this.filling.values()]);
     await Promise.all([...this.ready.keys()].map((t) => this.drop(t)));
   }
 }

@@ -8,6 +8,7 @@ import { accelArgs, BASE_FLAGS } from '../vmm/qemu-argv.js';
 import type { Accel } from '../vmm/types.js';
 import { ForkdError } from '../util/errors.js';
 import { hostTsc, tscCmdline } from './tsc.js';
+import { scaledMs } from '../util/host-speed.js';
 
 export interface AccelProbe {
   accel: Accel;
@@ -49,7 +50,7 @@ export async function probeAccel(guest: {
   const forced = process.env.FORKD_ACCEL;
   const qemuVersion = await new QemuVmm().version();
   const kvm = kvmFacts();
-  const key = [os.release(), qemuVersion, guest.kernelKey, kvm.present, kvm.pvm].join('|');
+  const key = probeKey(qemuVersion, guest.kernelKey, kvm);
   if (forced === 'tcg' || forced === 'kvm') {
     return {
       accel: forced,
@@ -97,6 +98,66 @@ export async function probeAccel(guest: {
   }
   writeCachedProbe(result);
   return result;
+}
+
+/**
+ * The three kinds of host forkd tells apart: KVM that runs a stock guest kernel (a bare-metal host, or a
+ * VM with nested virtualisation), KVM that cannot (PVM, or nested KVM without what a stock kernel needs:
+ * the probe boot failed), and no usable KVM at all.
+ */
+export type HostKind = 'kvm' | 'kvm-no-stock-guests' | 'no-kvm';
+
+export function hostKind(
+  probe: AccelProbe | undefined,
+  cpuinfo = readCpuinfo(),
+): { kind: HostKind | undefined; detail: string } {
+  const kvm = probe?.kvm ?? kvmFacts();
+  const nested = /^flags\s*:.*\bhypervisor\b/m.test(cpuinfo) ? ' (this host is itself a VM: nested KVM)' : '';
+  if (!kvm.present || kvm.detail.includes('not accessible'))
+    return { kind: 'no-kvm', detail: `no usable KVM: ${kvm.detail}` };
+  if (
+    kvm.usable === true ||
+    (kvm.usable === null && probe?.accel === 'kvm' && !probe.reason.startsWith('forced'))
+  )
+    return { kind: 'kvm', detail: `KVM runs stock guest kernels${nested}` };
+  if (kvm.usable === false)
+    return {
+      kind: 'kvm-no-stock-guests',
+      detail: kvm.pvm
+        ? 'KVM is PVM (kvm_pvm): it cannot run a stock guest kernel, only PVM-built ones'
+        : `KVM is present but could not boot a stock guest kernel${nested}`,
+    };
+  return {
+    kind: undefined,
+    detail: `${kvm.detail}; not yet probed whether it runs a stock guest kernel${kvm.pvm ? ' (PVM usually cannot)' : ''}`,
+  };
+}
+
+function readCpuinfo(): string {
+  try {
+    return fs.readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * What a probe result depends on: the host kernel, QEMU, the guest kernel and the KVM device. A cache
+ * that moved (a copied home directory, the host's cache seen from inside a VM, a kernel upgrade) must
+ * not decide the accelerator for another host.
+ */
+function probeKey(qemuVersion: string, kernelKey: string, kvm: AccelProbe['kvm']): string {
+  return [os.release(), qemuVersion, kernelKey, kvm.present, kvm.pvm].join('|');
+}
+
+/** The cached probe, if it was made on this host (and with this guest kernel, when one is named). */
+export async function validCachedProbe(kernelKey?: string): Promise<AccelProbe | undefined> {
+  const cached = readCachedProbe();
+  if (!cached) return undefined;
+  const want = probeKey(await new QemuVmm().version(), kernelKey ?? '', kvmFacts()).split('|');
+  const have = cached.key.split('|');
+  const same = want.every((v, i) => (i === 2 && kernelKey === undefined) || have[i] === v);
+  return same ? cached : undefined;
 }
 
 function probeFile(): string {
@@ -173,10 +234,8 @@ export async function bootProbe(
       }
     };
     const poll = setInterval(() => seen() && finish(true, 'ok'), 20);
-    const timer = setTimeout(
-      () => finish(false, `no boot within ${PROBE_TIMEOUT_MS / 1000} s`),
-      PROBE_TIMEOUT_MS,
-    );
+    const limitMs = scaledMs(PROBE_TIMEOUT_MS);
+    const timer = setTimeout(() => finish(false, `no boot within ${limitMs / 1000} s`), limitMs);
     p.on('error', (e) => finish(false, e.message));
     p.on('exit', (code, signal) => {
       if (seen()) finish(true, 'ok');
@@ -196,7 +255,9 @@ export async function bootProbe(
 export async function currentAccel(): Promise<AccelProbe> {
   const forced = process.env.FORKD_ACCEL;
   if (forced) return probeAccel({ vmlinux: '', initramfs: '', kernelKey: 'forced' });
-  const cached = readCachedProbe();
+  const { listImages } = await import('../image/build.js');
+  const img = listImages()[0];
+  const cached = await validCachedProbe(img?.kernel.version);
   if (cached) return cached;
   const kvm = kvmFacts();
   if (!kvm.present)
@@ -207,8 +268,6 @@ export async function currentAccel(): Promise<AccelProbe> {
       probed_at: new Date().toISOString(),
       key: 'static',
     };
-  const { listImages } = await import('../image/build.js');
-  const img = listImages()[0];
   if (!img)
     throw new ForkdError(
       'host_unsupported',

@@ -8,7 +8,8 @@ import { commandExists, memAvailableMib } from '../util/proc.js';
 import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
 import { listImages } from '../image/build.js';
 import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
-import { probeAccel, readCachedProbe } from './accel.js';
+import { hostKind, probeAccel, validCachedProbe } from './accel.js';
+import { hostSpeed } from '../util/host-speed.js';
 import { hostTsc } from './tsc.js';
 
 export type Status = 'PASS' | 'WARN' | 'FAIL' | 'SKIP';
@@ -45,42 +46,45 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
         ),
   );
 
-  // KVM: present, accessible, and able to run a stock guest kernel.
   const pvm = fs.existsSync('/sys/module/kvm_pvm');
-  if (!fs.existsSync('/dev/kvm')) {
-    out.push(
-      check(
-        'kvm',
-        'WARN',
-        '/dev/kvm is missing: guests will run under TCG (software emulation)',
-        'enable virtualisation (kvm_intel/kvm_amd) or run on bare metal',
-      ),
-    );
-  } else {
-    try {
-      fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-      out.push(
-        check('kvm', 'PASS', `/dev/kvm accessible${pvm ? ' (kvm_pvm: PVM, nested paging-based VMs)' : ''}`),
-      );
-    } catch (e) {
-      out.push(
-        check(
-          'kvm',
-          'WARN',
-          `/dev/kvm not accessible: ${(e as Error).message}`,
-          'add yourself to group kvm: usermod -aG kvm $USER',
-        ),
-      );
-    }
-  }
   const img = listImages()[0];
-  let probe = readCachedProbe();
-  if (!probe && img && opts.probe !== false && commandExists(qemuBinary()))
+  const haveQemu = commandExists(qemuBinary());
+  let probe = haveQemu ? await validCachedProbe(img?.kernel.version) : undefined;
+  if (!probe && img && opts.probe !== false && haveQemu)
     probe = await probeAccel({
       vmlinux: img.kernel.vmlinux,
       initramfs: img.initramfs.path,
       kernelKey: img.kernel.version,
     });
+  // KVM, as one of three host kinds: runs stock guests / present but cannot / none.
+  const kind = hostKind(probe);
+  if (kind.kind === 'kvm') out.push(check('kvm', 'PASS', kind.detail));
+  else if (kind.kind === 'no-kvm')
+    out.push(
+      check(
+        'kvm',
+        'WARN',
+        kind.detail,
+        fs.existsSync('/dev/kvm')
+          ? 'add yourself to group kvm: usermod -aG kvm $USER'
+          : 'enable virtualisation (kvm_intel/kvm_amd, or nested virtualisation for a VM) or run on bare metal',
+      ),
+    );
+  else if (kind.kind === 'kvm-no-stock-guests')
+    out.push(
+      check(
+        'kvm',
+        'WARN',
+        kind.detail,
+        pvm
+          ? 'only a PVM guest kernel (CONFIG_PVM_GUEST) would run under it; npm run test:kvm tests the KVM path nested under TCG instead'
+          : 'enable nested virtualisation with nested paging for this VM, or run on bare metal',
+      ),
+    );
+  else
+    out.push(
+      check('kvm', 'SKIP', kind.detail, 'run: forkd parent build --recipe python-numpy (then doctor probes)'),
+    );
   if (process.env.FORKD_ACCEL) {
     out.push(
       check(
@@ -130,6 +134,21 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
           'host TSC frequency unknown (no kernel log line, no invariant TSC in /proc/cpuinfo): TCG guests must calibrate against an emulated timer, which can hang their boot on a loaded host',
           "set FORKD_TSC_KHZ to the host's TSC frequency in kHz",
         ),
+  );
+
+  // Internal timeouts follow the host's measured speed (an emulated or overloaded host gets longer ones).
+  const speed = hostSpeed();
+  out.push(
+    check(
+      'host speed',
+      speed.factor >= 5 ? 'WARN' : 'PASS',
+      speed.source === 'FORKD_TIME_SCALE'
+        ? `timeouts ×${speed.factor} (FORKD_TIME_SCALE)`
+        : `CPU workload ${speed.workload_ms} ms (${speed.factor}× the reference host): internal timeouts ×${speed.factor}`,
+      ...(speed.factor >= 5
+        ? ['this host runs far slower than a normal one (emulated CPU?): everything works, slowly']
+        : []),
+    ),
   );
 
   // QEMU and the tools forkd drives.

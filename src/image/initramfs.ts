@@ -11,7 +11,7 @@ import type { Reporter } from '../util/report.js';
 import type { GuestKernel } from './kernel.js';
 import { agentFiles, hashFiles } from './agent-files.js';
 
-const BUSYBOX = '/bin/busybox';
+export const BUSYBOX = '/bin/busybox';
 
 export function initScript(): string {
   return path.join(projectRoot(), 'src', 'guest', 'init', 'initramfs-init.sh');
@@ -78,7 +78,7 @@ export async function ensureInitramfs(
 }
 
 /** newc cpio of a directory (via find | cpio), gzip-compressed in-process. */
-async function cpioGzip(dir: string, out: string): Promise<void> {
+export async function cpioGzip(dir: string, out: string): Promise<void> {
   const find = spawn('find', ['.', '-print0'], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
   const cpio = spawn('cpio', ['--null', '-o', '-H', 'newc', '--quiet', '--owner', '0:0'], {
     cwd: dir,

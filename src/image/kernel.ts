@@ -82,18 +82,11 @@ export async function ensureKernel(rep: Reporter): Promise<GuestKernel> {
   fs.rmSync(staging, { recursive: true, force: true });
   fs.mkdirSync(staging, { recursive: true });
   try {
-    await runOk('apt-get', ['download', `${pkg}=${version}`], { cwd: staging });
-    const deb = fs.readdirSync(staging).find((f) => f.endsWith('.deb'));
-    if (!deb) throw new Error('apt-get download produced no .deb');
-    const x = path.join(staging, 'x');
-    await runOk('dpkg-deb', ['-x', path.join(staging, deb), x]);
-    const release = fs.readdirSync(path.join(x, 'lib', 'modules'))[0]!;
+    const { tree: x, release } = await fetchKernelPackage(pkg, version, staging);
     const vmlinuz = path.join(x, 'boot', `vmlinuz-${release}`);
     rep.info('decompressing vmlinuz → vmlinux');
     await extractVmlinux(vmlinuz, path.join(staging, 'vmlinux'));
     const modRoot = path.join(x, 'lib', 'modules', release);
-    // The package ships no modules.dep (postinst generates it); build it inside the extracted tree.
-    await runOk('depmod', ['-b', x, release]);
     const order = moduleLoadOrder(fs.readFileSync(path.join(modRoot, 'modules.dep'), 'utf8'), GUEST_MODULES);
     fs.mkdirSync(path.join(staging, 'modules'));
     const modules: string[] = [];
@@ -104,7 +97,6 @@ export async function ensureKernel(rep: Reporter): Promise<GuestKernel> {
     }
     fs.copyFileSync(path.join(x, 'boot', `config-${release}`), path.join(staging, 'config'));
     fs.rmSync(x, { recursive: true, force: true });
-    fs.rmSync(path.join(staging, deb));
     const meta: GuestKernel = {
       package: pkg,
       version,
@@ -123,6 +115,26 @@ export async function ensureKernel(rep: Reporter): Promise<GuestKernel> {
     fs.rmSync(staging, { recursive: true, force: true });
     throw e;
   }
+}
+
+/**
+ * Download a Debian kernel package (apt-get download: never installed on the host) and unpack it into
+ * `<dest>/x`, with modules.dep generated (the package ships none; its postinst would make it).
+ */
+export async function fetchKernelPackage(
+  pkg: string,
+  version: string,
+  dest: string,
+): Promise<{ tree: string; release: string }> {
+  await runOk('apt-get', ['download', `${pkg}=${version}`], { cwd: dest });
+  const deb = fs.readdirSync(dest).find((f) => f.endsWith('.deb'));
+  if (!deb) throw new Error('apt-get download produced no .deb');
+  const tree = path.join(dest, 'x');
+  await runOk('dpkg-deb', ['-x', path.join(dest, deb), tree]);
+  fs.rmSync(path.join(dest, deb));
+  const release = fs.readdirSync(path.join(tree, 'lib', 'modules'))[0]!;
+  await runOk('depmod', ['-b', tree, release]);
+  return { tree, release };
 }
 
 /**

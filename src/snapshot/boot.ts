@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { ForkdError } from '../util/errors.js';
+import { scaledMs } from '../util/host-speed.js';
 import { AgentClient } from '../agent-client/client.js';
 import type { BootSpec } from '../vmm/types.js';
 import type { QemuVm, QemuVmm } from '../vmm/qemu.js';
@@ -9,7 +10,8 @@ const BOOT_ATTEMPTS = 3;
 /**
  * How long a boot may show no sign of init before it counts as hung. With the TSC rate given, a TCG boot
  * reaches init in ~6 s on an idle 2-core host; the window is wide so that a loaded or 3× slower host
- * never turns a slow boot into a failure. It only matters for a kernel that really hangs.
+ * never turns a slow boot into a failure. It only matters for a kernel that really hangs. Stretched to the
+ * host's measured speed (util/host-speed).
  */
 const EARLY_HANG_MS = { kvm: 30_000, tcg: 120_000 } as const;
 /** Printed by the initramfs /init first thing: the guest kernel reached user space. */
@@ -51,7 +53,7 @@ export async function bootGuest(
   track: (vm: QemuVm | undefined) => void = () => {},
 ): Promise<{ vm: QemuVm; agent: AgentClient; attempts: number; startedAt: number }> {
   const { cmdline, tsc } = await bootCmdline(spec);
-  const hangMs = EARLY_HANG_MS[spec.machine.accel];
+  const hangMs = scaledMs(EARLY_HANG_MS[spec.machine.accel]);
   const cause =
     spec.machine.accel === 'tcg' && !tsc
       ? "the host's TSC frequency is unknown, so the guest had to calibrate its clock against an emulated timer (set FORKD_TSC_KHZ to the host's TSC kHz)"

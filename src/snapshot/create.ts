@@ -1,3 +1,4 @@
+import { scaledMs } from '../util/host-speed.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { snapshotsDir } from '../util/paths.js';
@@ -13,6 +14,7 @@ import { ms as fmtMs } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
 import { buildImage, type GuestImage } from '../image/build.js';
 import { probeAccel, type AccelProbe } from '../host/accel.js';
+import { hostCpu } from '../host/cpu.js';
 import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
 import type { MachineConfig } from '../vmm/types.js';
 import { AgentClient } from '../agent-client/client.js';
@@ -162,6 +164,7 @@ export async function createSnapshot(
     if (parentTap) await createTap(parentTap);
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
+    // In reference-host time: the agent client stretches it to this host's measured speed.
     const bootTimeout = (opts.bootTimeoutSecs ?? (accel.accel === 'tcg' ? 180 : 60)) * 1000;
     const booted = await bootGuest(
       vmm,
@@ -260,7 +263,7 @@ export async function createSnapshot(
       tag,
       created_at: new Date().toISOString(),
       forkd_version: forkdVersion(),
-      vmm: { kind: 'qemu', version: qemuVersion },
+      vmm: { kind: 'qemu', version: qemuVersion, ...(accel.accel === 'kvm' ? { cpu: hostCpu() } : {}) },
       accelerator: accel.accel,
       accelerator_reason: accel.reason,
       machine: { accel: accel.accel, vcpus, mem_mib: memMib, net },
@@ -305,7 +308,7 @@ export async function createSnapshot(
 }
 
 async function waitPythonReady(agent: AgentClient, vm: QemuVm, timeoutMs: number): Promise<PingResponse> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = Date.now() + scaledMs(timeoutMs);
   for (;;) {
     if (!vm.isAlive()) throw new ForkdError('vmm_failed', 'QEMU exited while the guest was warming up');
     const p = await agent.ping();

@@ -18,7 +18,17 @@ export const SnapshotMeta = z.object({
   tag: z.string(),
   created_at: z.string(),
   forkd_version: z.string(),
-  vmm: z.object({ kind: z.literal('qemu'), version: z.string() }),
+  vmm: z.object({
+    kind: z.literal('qemu'),
+    version: z.string(),
+    /** Under KVM (`-cpu host`): the CPU it was saved on, and its ISA features (host/cpu.ts). */
+    cpu: z
+      .object({
+        model: z.string().max(256),
+        flags: z.array(z.string().regex(/^[a-z0-9_]{1,64}$/)).max(512),
+      })
+      .optional(),
+  }),
   accelerator: z.enum(['kvm', 'tcg']),
   accelerator_reason: z.string(),
   machine: z.object({
@@ -26,6 +36,11 @@ export const SnapshotMeta = z.object({
     vcpus: z.number().int().positive(),
     mem_mib: z.number().int().positive(),
     net: z.enum(['none', 'virtio']),
+    /** A firmware guest's -bios image: a file name in the snapshot dir (image/firmware.ts). */
+    firmware: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a plain file name in the snapshot dir')
+      .optional(),
   }),
   guest: z.object({
     recipe: z.string().nullable(),

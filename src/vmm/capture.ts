@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { ForkdError } from '../util/errors.js';
 import { QemuVmm, shellQuote, waitMigration, type QemuVm } from './qemu.js';
 import type { MachineConfig } from './types.js';
+import { openStreamSink, type StreamSink } from './stream-sink.js';
 
 /**
  * Capturing a running child (BRANCH) with what QEMU 7.2 offers natively (spike-branch §4):
@@ -36,6 +37,9 @@ export interface CaptureSpec {
   background?: boolean;
 }
 
+/** Bytes per second that mean "no limit" to QEMU's migration rate limiter (1 TiB/s). */
+const UNLIMITED_BANDWIDTH = 2 ** 40;
+
 async function setCaps(vm: QemuVm, caps: Record<string, boolean>): Promise<void> {
   await vm.qmp!.execute('migrate-set-capabilities', {
     capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })),
@@ -57,6 +61,7 @@ export async function captureRunning(vm: QemuVm, spec: CaptureSpec): Promise<Cap
   const qmp = vm.qmp!;
   const background = spec.background ?? spec.mode !== 'full';
   const t0 = performance.now();
+  let sink: StreamSink | undefined;
   try {
     await qmp.execute('stop');
     await qmp.execute('blockdev-snapshot-sync', {
@@ -66,23 +71,32 @@ export async function captureRunning(vm: QemuVm, spec: CaptureSpec): Promise<Cap
     });
     await spec.whileStopped?.();
     await setCaps(vm, { 'x-ignore-shared': false, 'background-snapshot': background });
+    // QEMU throttles outgoing migration to 128 MiB/s by default (meant for networks): a full branch of a
+    // 512 MiB guest would then keep it stopped for 4 s. The stream goes to a local file: no limit.
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH });
     const resumed = background ? qmp.waitEvent('RESUME', 60_000) : undefined;
     resumed?.catch(() => {});
-    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(spec.stream)}` });
+    sink = await openStreamSink(vm.workDir, spec.stream);
+    const written = sink.written;
+    await qmp.execute('migrate', { uri: sink.uri });
     if (!background) {
       await waitMigration(qmp, 600_000);
       await qmp.execute('cont');
       const pauseMs = performance.now() - t0;
-      return { pauseMs, streamDone: Promise.resolve({ streamMs: pauseMs }) };
+      const streamDone = written.then(() => ({ streamMs: performance.now() - t0 }));
+      streamDone.catch(() => {});
+      return { pauseMs, streamDone };
     }
     await resumed;
     const pauseMs = performance.now() - t0;
     const streamDone = waitMigration(qmp, 600_000).then(
       async () => {
+        await written;
         await setCaps(vm, { 'background-snapshot': false });
         return { streamMs: performance.now() - t0 };
       },
       async (e: unknown) => {
+        sink?.close();
         await setCaps(vm, { 'background-snapshot': false }).catch(() => {});
         await ensureRunning(vm);
         throw e;
@@ -91,6 +105,7 @@ export async function captureRunning(vm: QemuVm, spec: CaptureSpec): Promise<Cap
     streamDone.catch(() => {});
     return { pauseMs, streamDone };
   } catch (e) {
+    sink?.close();
     await ensureRunning(vm);
     if (background) await setCaps(vm, { 'background-snapshot': false }).catch(() => {});
     throw e instanceof ForkdError

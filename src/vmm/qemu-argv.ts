@@ -12,7 +12,12 @@ export interface QemuPaths {
   disk: string;
   /** Host tap interface name; required when the machine has a NIC. */
   tap?: string | undefined;
+  /** Where a firmware guest's debug-port bytes come out (machine.firmware). */
+  signalSocket: string;
 }
+
+/** The I/O port a firmware guest writes its signal bytes to (QEMU's isa-debugcon). */
+export const SIGNAL_PORT = 0x402;
 
 /** Every guest NIC has the same MAC and IP: each child is alone on its own tap / namespace. */
 export const GUEST_MAC = 'aa:fc:00:00:00:01';
@@ -80,6 +85,19 @@ export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): str
     '-device',
     `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
     ...netArgs(m, p),
+    ...firmwareArgs(m, p),
+  ];
+}
+
+function firmwareArgs(m: MachineConfig, p: QemuPaths): string[] {
+  if (!m.firmware) return [];
+  return [
+    '-bios',
+    m.firmware,
+    '-chardev',
+    `socket,id=signal,path=${escapeOpt(p.signalSocket)},server=on,wait=off`,
+    '-device',
+    `isa-debugcon,iobase=0x${SIGNAL_PORT.toString(16)},chardev=signal`,
   ];
 }
 
@@ -101,6 +119,7 @@ export function parentArgs(
   initrd: string,
   cmdline: string,
 ): string[] {
+  if (m.firmware) return machineArgs(m, p, true);
   return [...machineArgs(m, p, true), '-kernel', kernel, '-initrd', initrd, '-append', cmdline];
 }
 

@@ -1,3 +1,4 @@
+import { scaledMs } from '../util/host-speed.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -24,6 +25,7 @@ export function workPaths(workDir: string, memoryFile: string, disk: string): Qe
     qmpSocket: path.join(workDir, 'qmp.sock'),
     agentSocket: path.join(workDir, 'agent.sock'),
     consoleLog: path.join(workDir, 'console.log'),
+    signalSocket: path.join(workDir, 'signal.sock'),
     memoryFile,
     disk,
   };
@@ -203,7 +205,7 @@ export class QemuVmm implements Vmm<QemuVm> {
 
   private start(workDir: string, paths: QemuPaths, argv: string[], extraFds: number[] = []): QemuVm {
     fs.mkdirSync(workDir, { recursive: true });
-    for (const s of [paths.qmpSocket, paths.agentSocket]) fs.rmSync(s, { force: true });
+    for (const s of [paths.qmpSocket, paths.agentSocket, paths.signalSocket]) fs.rmSync(s, { force: true });
     const log = fs.openSync(path.join(workDir, 'qemu.log'), 'w');
     const child = spawn(qemuBinary(), argv, {
       stdio: ['ignore', log, log, ...extraFds],
@@ -243,8 +245,10 @@ export class QemuVmm implements Vmm<QemuVm> {
   }
 
   /**
-   * Start a child QEMU that maps the snapshot's RAM and waits for its device state. Split from
-   * `completeRestore` so a warm pool can do this part ahead of time.
+   * Start a child QEMU that maps the snapshot's RAM and load its device state; it stays paused (the
+   * saved state is a stopped VM). Split from `completeRestore` so a warm pool does all of this ahead of
+   * time and a start is only `cont`. The guest sees no time pass while it waits: its clocks stand
+   * still until `cont` (kvmclock and TCG's virtual clock alike), and the host sets its wall clock after.
    */
   async prestart(spec: RestoreSpec): Promise<PendingRestore> {
     const paths = { ...workPaths(spec.workDir, spec.memoryFile, spec.disk), tap: spec.tap };
@@ -260,28 +264,43 @@ export class QemuVmm implements Vmm<QemuVm> {
     }
     try {
       const qmp = await vm.connectQmp(30_000);
+      // `events`: the end of the incoming migration arrives as a MIGRATION event (no polling).
       await qmp.execute('migrate-set-capabilities', {
-        capabilities: [{ capability: 'x-ignore-shared', state: true }],
+        capabilities: [
+          { capability: 'x-ignore-shared', state: true },
+          { capability: 'events', state: true },
+        ],
       });
     } catch (e) {
       await vm.destroy();
       throw restoreError(e, vm);
     }
-    return { vm, spawnMs: performance.now() - t0 };
+    const spawnMs = performance.now() - t0;
+    try {
+      const qmp = vm.qmp!;
+      const tLoad0 = performance.now();
+      const ended = qmp.waitEvent('MIGRATION', 60_000, (ev) =>
+        ['completed', 'failed', 'cancelled'].includes(String(ev.data?.status)),
+      );
+      ended.catch(() => {}); // awaited below; a failed migrate-incoming must not leave it unhandled
+      await qmp.execute('migrate-incoming', { uri: 'fd:3' });
+      const ev = await ended;
+      if (ev.data?.status !== 'completed') await waitMigration(qmp, 1000, () => vm.qemuLog()); // names the error
+      return { vm, spawnMs, loadMs: performance.now() - tLoad0 };
+    } catch (e) {
+      await vm.destroy();
+      throw restoreError(e, vm);
+    }
   }
 
-  /** Load the device state a prestarted child was given and let it run. */
+  /** Let a prestarted (loaded, paused) child run. */
   async completeRestore(p: PendingRestore): Promise<{ vm: QemuVm; timings: RestoreTimings }> {
     const { vm } = p;
     try {
-      const qmp = vm.qmp!;
       const t0 = performance.now();
-      await qmp.execute('migrate-incoming', { uri: 'fd:3' });
-      await waitMigration(qmp, 60_000, () => vm.qemuLog());
-      const tLoad = performance.now();
-      await qmp.execute('cont');
-      const tCont = performance.now();
-      return { vm, timings: { spawnMs: p.spawnMs, loadMs: tLoad - t0, contMs: tCont - tLoad } };
+      await vm.qmp!.execute('cont');
+      const contMs = performance.now() - t0;
+      return { vm, timings: { spawnMs: p.spawnMs, loadMs: p.loadMs, contMs } };
     } catch (e) {
       await vm.destroy();
       throw restoreError(e, vm);
@@ -325,7 +344,12 @@ function restoreError(e: unknown, vm: QemuVm): ForkdError {
 }
 
 /** Poll query-migrate until the migration (either direction) completes. */
-export async function waitMigration(qmp: QmpClient, timeoutMs: number, diag?: () => string): Promise<void> {
+export async function waitMigration(
+  qmp: QmpClient,
+  refTimeoutMs: number,
+  diag?: () => string,
+): Promise<void> {
+  const timeoutMs = scaledMs(refTimeoutMs);
   const deadline = Date.now() + timeoutMs;
   let delay = 0.5;
   for (;;) {

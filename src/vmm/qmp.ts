@@ -1,5 +1,7 @@
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
+import { scaledMs } from '../util/host-speed.js';
+import { connectUnix } from '../util/unix-socket.js';
 
 /** An error QEMU returned for a QMP command ({"error": {"class", "desc"}}). */
 export class QmpError extends Error {
@@ -52,24 +54,16 @@ export class QmpClient extends EventEmitter {
     path: string,
     opts: { timeoutMs?: number; isAlive?: () => boolean } = {},
   ): Promise<QmpClient> {
-    const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-    for (;;) {
-      try {
-        const sock = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(path);
-          s.once('connect', () => resolve(s));
-          s.once('error', reject);
-        });
-        const client = new QmpClient(sock);
-        await client.handshake(Math.max(1000, deadline - Date.now()));
-        return client;
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        const retriable = code === 'ENOENT' || code === 'ECONNREFUSED';
-        if (!retriable || Date.now() > deadline || (opts.isAlive && !opts.isAlive())) throw e;
-        await new Promise((r) => setTimeout(r, 2));
-      }
-    }
+    // Timeouts here are reference-host values, stretched to this host's measured speed.
+    const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
+    const sock = await connectUnix(path, {
+      deadline,
+      retryMs: 2,
+      ...(opts.isAlive ? { isAlive: opts.isAlive } : {}),
+    });
+    const client = new QmpClient(sock);
+    await client.handshake(Math.max(1000, deadline - Date.now()));
+    return client;
   }
 
   private async handshake(timeoutMs: number): Promise<void> {
@@ -142,7 +136,8 @@ export class QmpClient extends EventEmitter {
   }
 
   /** Run one QMP command and resolve with its `return` value. */
-  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 30_000): Promise<T> {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, refTimeoutMs = 30_000): Promise<T> {
+    const timeoutMs = scaledMs(refTimeoutMs);
     if (this.closed) return Promise.reject(new Error(`QMP ${command}: connection closed`));
     const id = String(this.nextId++);
     const payload: Record<string, unknown> = { execute: command, id };
@@ -157,11 +152,12 @@ export class QmpClient extends EventEmitter {
     });
   }
 
-  /** Resolve with the next event called `name` (or reject after timeoutMs). */
-  waitEvent(name: string, timeoutMs: number): Promise<QmpEvent> {
+  /** Resolve with the next event called `name` that `match`es (or reject after timeoutMs). */
+  waitEvent(name: string, refTimeoutMs: number, match?: (ev: QmpEvent) => boolean): Promise<QmpEvent> {
+    const timeoutMs = scaledMs(refTimeoutMs);
     return new Promise((resolve, reject) => {
       const onEvent = (ev: QmpEvent) => {
-        if (ev.event !== name) return;
+        if (ev.event !== name || (match && !match(ev))) return;
         cleanup();
         resolve(ev);
       };

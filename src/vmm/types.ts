@@ -15,6 +15,12 @@ export interface MachineConfig {
    * virtio-serial agent port, so it works with no network at all.
    */
   net: NetMode;
+  /**
+   * A minimal firmware guest instead of a Linux kernel: this `-bios` image runs alone (no kernel, no
+   * agent) and signals that it runs by writing to the debug port, which the host reads on the machine's
+   * signal socket. Used to measure the runtime's own overhead where a Linux guest cannot run.
+   */
+  firmware?: string | undefined;
 }
 
 export type NetMode = 'none' | 'virtio';
@@ -76,10 +82,11 @@ export interface VmHandle {
   destroy(): Promise<void>;
 }
 
-/** A child VMM started with the snapshot's RAM mapped, waiting for its device state. */
+/** A child VMM started with the snapshot's RAM mapped and its device state loaded, paused. */
 export interface PendingRestore<H extends VmHandle = VmHandle> {
   vm: H;
   spawnMs: number;
+  loadMs: number;
 }
 
 /**
@@ -92,9 +99,12 @@ export interface Vmm<H extends VmHandle = VmHandle> {
   boot(spec: BootSpec): Promise<H>;
   /** Pause the VM and save its device state; RAM stays in the memory file. The VM stays paused. */
   snapshot(vm: H, vmstateFile: string): Promise<SnapshotResult>;
-  /** Start a child up to the point where it waits for its device state (a warm pool does this early). */
+  /**
+   * Start a child up to the point where only `cont` is left: process, control socket, device state
+   * loaded, paused (a warm pool does this ahead of time).
+   */
   prestart(spec: RestoreSpec): Promise<PendingRestore<H>>;
-  /** Load the device state a prestarted child was given and let it run. */
+  /** Let a prestarted child run. */
   completeRestore(p: PendingRestore<H>): Promise<{ vm: H; timings: RestoreTimings }>;
   restore(spec: RestoreSpec): Promise<{ vm: H; timings: RestoreTimings }>;
 }

@@ -1,7 +1,9 @@
+import assert from 'node:assert/strict';
 import net from 'node:net';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ROOT } from './env.js';
+import type { Controller } from '../../src/sdk/index.js';
 
 export const CONTROLLER = path.join(ROOT, 'bin', 'forkd-controller');
 
@@ -70,4 +72,18 @@ export async function startDaemon(opts: {
       await exited;
     },
   };
+}
+
+/** Eval in a daemon sandbox; fails the test on a Python error. Returns the result's repr. */
+export async function evalOk(c: Controller, id: string, code: string): Promise<string | null> {
+  const r = await c.evalCode(id, code);
+  assert.equal(r.error, null, `eval failed: ${r.traceback}`);
+  return r.result;
+}
+
+/** Run a shell command in a daemon sandbox; fails the test unless it exits 0. Returns its stdout. */
+export async function execOk(c: Controller, id: string, cmd: string): Promise<string> {
+  const r = await c.execCommand(id, cmd);
+  assert.equal(r.exit_code, 0, `${cmd}: ${r.stderr}`);
+  return r.stdout;
 }

@@ -127,7 +127,7 @@ describe('agent client: nothing a guest sends can crash or wedge the host', () =
     // A HEADERS frame header promising 1000 bytes, then 10 of them: the reply never completes.
     guest.handler = (_s, _p, raw) =>
       raw.write(Buffer.from([0, 3, 0xe8, 1, 4, 0, 0, 0, 1, ...Buffer.alloc(10)]));
-    await rejectsWith(c2.ping(300), /no answer within 300 ms/);
+    await rejectsWith(c2.ping(300), /no answer within \d+ ms/);
     assert.equal(c2.usable, false, 'a guest that stopped answering is resynced on the next request');
   });
 

@@ -20,11 +20,12 @@ class Harness {
   readonly logs: string[] = [];
   sources = new Map<string, ChildSource | undefined>();
 
-  pool(perTag: number, maxTotal: number): WarmPool {
+  pool(perTag: number, maxTotal: number, refillDelayMs = 0): WarmPool {
     return new WarmPool(
       {
         perTag,
         maxTotal,
+        refillDelayMs,
         log: (m) => this.logs.push(m),
         prepare: async (src) => {
           if (this.failNext) {
@@ -52,6 +53,22 @@ class Harness {
 const settle = () => new Promise((r) => setTimeout(r, 20));
 
 describe('warm pool', () => {
+  it('starts a refill only after the refill delay, so it does not compete with the child just taken', async () => {
+    const h = new Harness();
+    h.sources.set('py', source('py'));
+    const pool = h.pool(1, 4, 60);
+    pool.refill('py');
+    await settle();
+    assert.deepEqual(pool.sizes(), { py: 1 });
+    assert.ok(pool.take(source('py')));
+    await settle();
+    assert.equal(h.made, 1, 'no refill yet');
+    await new Promise((r) => setTimeout(r, 80));
+    assert.equal(h.made, 2, 'refilled after the delay');
+    assert.deepEqual(pool.sizes(), { py: 1 });
+    await pool.close();
+  });
+
   it('joins a tag on its first take, refills to perTag, and hands out only live children of that content', async () => {
     const h = new Harness();
     const src = source('py');

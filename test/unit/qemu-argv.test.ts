@@ -10,6 +10,7 @@ const p = {
   consoleLog: '/w/console.log',
   memoryFile: '/s/memory.bin',
   disk: '/w/disk.qcow2',
+  signalSocket: '/w/signal.sock',
 };
 
 describe('QEMU argv', () => {
@@ -31,6 +32,16 @@ describe('QEMU argv', () => {
       '-cpu',
       'host',
     ]);
+  });
+  it('boots a firmware guest from its -bios image, with the debug port on the signal socket', () => {
+    const fw = { ...m, accel: 'kvm' as const, firmware: '/s/firmware.bin' };
+    const parent = parentArgs(fw, p, '/k/vmlinux', '/k/initrd', 'console=ttyS0');
+    assert.ok(!parent.includes('-kernel'), 'no kernel for a firmware guest');
+    assert.equal(parent[parent.indexOf('-bios') + 1], '/s/firmware.bin');
+    assert.ok(parent.includes('isa-debugcon,iobase=0x402,chardev=signal'));
+    assert.ok(parent.some((a) => a.startsWith('socket,id=signal,path=/w/signal.sock,server=on')));
+    const child = childArgs(fw, p);
+    assert.equal(child[child.indexOf('-bios') + 1], '/s/firmware.bin', 'children run the same machine');
   });
   it('escapes commas in option values and quotes shell paths', () => {
     assert.equal(escapeOpt('/a,b/c'), '/a,,b/c');

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
-import { freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { evalOk, execOk, freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
 import { Controller, Sandbox, ConflictError, NotFoundError, CommandExitError } from '../../src/sdk/index.js';
@@ -29,17 +29,8 @@ async function spawnOne(extra: Record<string, unknown> = {}): Promise<SpawnResul
   return r!;
 }
 
-async function py(id: string, code: string): Promise<string | null> {
-  const r = await c.evalCode(id, code);
-  assert.equal(r.error, null, `eval failed: ${r.traceback}`);
-  return r.result;
-}
-
-async function sh(id: string, cmd: string): Promise<string> {
-  const r = await c.execCommand(id, cmd);
-  assert.equal(r.exit_code, 0, `${cmd}: ${r.stderr}`);
-  return r.stdout;
-}
+const py = (id: string, code: string) => evalOk(c, id, code);
+const sh = (id: string, cmd: string) => execOk(c, id, cmd);
 
 async function restart(args: string[] = []): Promise<void> {
   daemon = await startDaemon({ port, stateDir: path.join(dirs.data, 'ctl'), args });

@@ -340,6 +340,12 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     mk('other-qemu', (m) => ((m.vmm as Record<string, unknown>).version = '1.0.0'));
     const q = await cli(['fork', '--tag', 'other-qemu', '-n', '1']);
     assert.match(q.stderr, /saved by QEMU 1\.0\.0/);
+    mk('other-cpu', (m) => {
+      (m.vmm as Record<string, unknown>).cpu = { model: 'Future CPU', flags: ['avx9000', 'sse2'] };
+    });
+    const cpuRefused = await cli(['fork', '--tag', 'other-cpu', '-n', '1']);
+    assert.notEqual(cpuRefused.code, 0);
+    assert.match(cpuRefused.stderr, /on a CPU \(Future CPU\) with features this host's CPU lacks: avx9000/);
     const dst = mk('tampered', () => {});
     fs.chmodSync(path.join(dst, 'memory.bin'), 0o644);
     fs.appendFileSync(path.join(dst, 'memory.bin'), Buffer.alloc(4096));
@@ -350,7 +356,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
       [],
       'no side effects',
     );
-    const rmi = await cli(['rmi', 'other-accel', 'other-qemu', 'tampered']);
+    const rmi = await cli(['rmi', 'other-accel', 'other-qemu', 'other-cpu', 'tampered']);
     assert.equal(rmi.code, 0, rmi.stderr);
   });
 

@@ -3,7 +3,9 @@ import { runDoctor, type Check } from '../../host/doctor.js';
 import { setupHost } from '../../host/setup.js';
 import { stderrReporter } from '../../util/report.js';
 import { cacheDir, dataDir, runDir, snapshotsDir } from '../../util/paths.js';
-import { fail, out, printJson } from '../output.js';
+import { fail, intArg, out, printJson } from '../output.js';
+import { wpBench } from '../../snapshot/wp-bench.js';
+import { table } from '../../util/format.js';
 
 const ICON: Record<Check['status'], string> = {
   PASS: '✓ PASS',
@@ -38,6 +40,47 @@ export function registerHost(program: Command): void {
           out(`\npass=${summary.pass} warn=${summary.warn} fail=${summary.fail} skip=${summary.skip}`);
         }
         if (summary.fail) process.exit(1);
+      } catch (e) {
+        fail(e, Boolean(o.json));
+      }
+    });
+
+  program
+    .command('wp-bench')
+    .description(
+      'measure the write-protect machinery live branching relies on: arm time and copy throughput for a guest RAM region',
+    )
+    .option('--region-mib <mib>', 'guest RAM region size in MiB', intArg('--region-mib'), 512)
+    .option('--reps <n>', 'repetitions of each mode (alternating)', intArg('--reps'), 5)
+    .option('--json', 'machine-readable output')
+    .action(async (o: { regionMib: number; reps: number; json?: boolean }) => {
+      try {
+        const r = await wpBench({ regionMib: o.regionMib, reps: o.reps }, stderrReporter());
+        if (o.json) return printJson(r);
+        out(
+          table(
+            ['mode', 'region', 'guest stopped', 'copy', 'throughput', 'accel'],
+            [
+              [
+                'live (write-protect)',
+                `${r.region_mib} MiB`,
+                `${r.live_arm_ms} ms (arm)`,
+                `${r.live_copy_ms} ms, guest running`,
+                `${r.live_copy_mib_s} MiB/s`,
+                r.accel,
+              ],
+              [
+                'full (stopped copy)',
+                `${r.region_mib} MiB`,
+                `${r.full_pause_ms} ms`,
+                `${r.full_pause_ms} ms, guest stopped`,
+                `${r.full_copy_mib_s} MiB/s`,
+                r.accel,
+              ],
+            ],
+          ),
+        );
+        out(`medians of ${r.reps} reps each, run alternately`);
       } catch (e) {
         fail(e, Boolean(o.json));
       }
