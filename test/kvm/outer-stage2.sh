@@ -10,11 +10,18 @@ mount -t cgroup2 none /sys/fs/cgroup
 # The guest kernel's whole module tree, so modprobe (and the kernel's own module autoloading, for
 # iptables, veth, ...) work as on a normal machine.
 mkdir -p "/lib/modules/$RELEASE" && mount --bind "$KMODS" "/lib/modules/$RELEASE"
-# /tmp: the scratch disk run.ts made (a sparse file on the host), so the suites' data is not held in RAM.
+# TMPDIR: the scratch disk run.ts made (a sparse file on the host), so the suites' data is not held in
+# RAM. Not mounted over /tmp: the repository itself may live there, on the host's root.
 modprobe virtio_blk && modprobe ext4 || log "cannot load virtio_blk/ext4"
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i + 1)); done
-mount -t ext4 -o noatime,discard /dev/vda /tmp && chmod 1777 /tmp || log "cannot mount the scratch disk on /tmp"
+mkdir -p /forkd-scratch
+if mount -t ext4 -o noatime,discard /dev/vda /forkd-scratch; then
+  mkdir -m 1777 /forkd-scratch/tmp
+  export TMPDIR=/forkd-scratch/tmp
+else
+  log "cannot mount the scratch disk"
+fi
 for m in kvm_amd tun veth; do modprobe "$m" || log "modprobe $m failed"; done
 ip link set lo up
 hostname forkd-outer

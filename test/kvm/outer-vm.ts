@@ -137,7 +137,7 @@ export interface OuterRun {
   env: Record<string, string>;
   memMib: number;
   cpus: number;
-  /** Size of the scratch disk mounted at /tmp inside (sparse: the host stores only what is written). */
+  /** Size of the scratch disk inside, its TMPDIR (sparse: the host stores only what is written). */
   scratchGib: number;
   /** Hard limit for the whole run, boot included. */
   timeoutMs: number;
@@ -154,8 +154,8 @@ export async function runInOuterVm(
   const consoleLog = path.join(jobDir, 'console.log');
   try {
     fs.copyFileSync(scriptPath('outer-stage2.sh'), path.join(jobDir, 'stage2.sh'));
-    // /tmp inside is a real (sparse) disk, not tmpfs: the suites copy whole snapshots around, and in RAM
-    // that would cap them at a fraction of the outer VM's memory.
+    // TMPDIR inside is a real (sparse) disk, not tmpfs: the suites copy whole snapshots around, and in
+    // RAM that would cap them at a fraction of the outer VM's memory.
     const scratch = path.join(jobDir, 'scratch.img');
     fs.closeSync(fs.openSync(scratch, 'w'));
     fs.truncateSync(scratch, run.scratchGib * 1024 ** 3);
