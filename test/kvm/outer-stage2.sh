@@ -26,6 +26,8 @@ for m in kvm_amd tun veth; do modprobe "$m" || log "modprobe $m failed"; done
 ip link set lo up
 hostname forkd-outer
 log "kvm: $(ls -l /dev/kvm 2>&1)"
+# Heartbeat: the host takes a machine whose clock stopped ticking (a stuck vCPU) for wedged.
+( while :; do cat /proc/uptime > /forkd-job/heartbeat; sleep 10; done ) &
 cd "$REPO" || log "no $REPO"
 sh -c "$JOB" > /forkd-job/out.log 2>&1
 echo $? > /forkd-job/rc

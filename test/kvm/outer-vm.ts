@@ -128,6 +128,15 @@ function runChecked(cmd: string, args: string[]): Promise<void> {
 
 /** RCU stall reports (about one a minute) after which a stuck outer vCPU is taken as never recovering. */
 const STALL_REPORTS = 6;
+/** No heartbeat from the outer VM's userland for this long: its clock stopped, it is wedged. */
+const HEARTBEAT_LOST_MS = 4 * 60_000;
+
+/**
+ * The outer machine itself failed (its kernel panicked or wedged), as opposed to the suites failing.
+ * QEMU's TCG emulation of SVM does that now and then while KVM runs a guest (seen: a kernel stack
+ * corrupted during KVM_RUN, a vCPU stuck for good); the run can be tried again.
+ */
+export class OuterVmFailure extends Error {}
 
 const shQuote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
@@ -268,10 +277,12 @@ export async function runInOuterVm(
     // A vCPU of the outer machine that stays stuck (the kernel repeats its RCU stall report about once a
     // minute) never comes back: give up after STALL_REPORTS of them instead of waiting for the limit.
     let stallTimer: NodeJS.Timeout | undefined;
+    const heartbeat = path.join(jobDir, 'heartbeat');
     const stalled = new Promise<'stalled'>((resolve) => {
       stallTimer = setInterval(() => {
         const reports = readOr(consoleLog).match(/rcu_preempt detected stalls/g)?.length ?? 0;
-        if (reports >= STALL_REPORTS) resolve('stalled');
+        const beat = fs.statSync(heartbeat, { throwIfNoEntry: false })?.mtimeMs ?? t0;
+        if (reports >= STALL_REPORTS || Date.now() - beat > HEARTBEAT_LOST_MS) resolve('stalled');
       }, 10_000);
       stallTimer.unref();
     });
@@ -281,16 +292,23 @@ export async function runInOuterVm(
     follow();
     if (partial) run.onLine(partial);
     const consoleText = readOr(consoleLog);
-    if (first === 'timeout' || first === 'stalled') {
+    if (first === 'stalled') {
+      qemu.kill('SIGKILL');
+      await exited;
+      throw new OuterVmFailure(
+        `the outer VM is wedged (a stuck vCPU: repeated RCU stalls, or no heartbeat for ${HEARTBEAT_LOST_MS / 60000} min); its console ends:\n${lastLines(consoleText, 30)}`,
+      );
+    }
+    if (first === 'timeout') {
       qemu.kill('SIGKILL');
       await exited;
       throw new Error(
-        `${first === 'stalled' ? 'a vCPU of the outer VM is stuck (repeated RCU stalls)' : `the outer VM did not finish within ${Math.round(run.timeoutMs / 60000)} min`}; its console ends:\n${lastLines(consoleText, 30)}`,
+        `the outer VM did not finish within ${Math.round(run.timeoutMs / 60000)} min; its console ends:\n${lastLines(consoleText, 30)}`,
       );
     }
     const rc = readOr(path.join(jobDir, 'rc')).trim();
     if (!/^\d+$/.test(rc))
-      throw new Error(
+      throw new OuterVmFailure(
         `the outer VM stopped (QEMU exit ${first}) without the job's exit status${stderr ? `: ${stderr.trim()}` : ''}; its console ends:\n${lastLines(consoleText, 30)}`,
       );
     return { code: Number(rc), ms: Date.now() - t0, console: consoleText };

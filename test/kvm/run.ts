@@ -11,7 +11,7 @@ import { currentAccel, hostKind } from '../../src/host/accel.js';
 import { stderrReporter } from '../../src/util/report.js';
 import { memAvailableMib } from '../../src/util/proc.js';
 import { FORKD, ROOT } from '../helpers/env.js';
-import { ensureOuterKit, runInOuterVm } from './outer-vm.js';
+import { OuterVmFailure, ensureOuterKit, runInOuterVm } from './outer-vm.js';
 
 /**
  * The suites, in the order they run; the KVM checks first. Each file runs in the runner's own process
@@ -21,6 +21,8 @@ import { ensureOuterKit, runInOuterVm } from './outer-vm.js';
 const SUITES = ['dist/test/kvm/kvm.test.js', 'dist/test/vm/firmware.test.js'];
 const RUNNER = `rc=0; for f in ${SUITES.join(' ')}; do node --test-reporter=spec "$f" || rc=1; done; exit $rc`;
 const OUTER_LIMIT_MS = 80 * 60_000;
+/** Attempts of the outer VM when the machine itself fails (see OuterVmFailure); suites are not retried. */
+const OUTER_ATTEMPTS = 3;
 
 function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -56,15 +58,26 @@ async function main(): Promise<number> {
   const passEnv: Record<string, string> = { FORKD_KVM_SUITE: '1', NO_COLOR: '1' };
   for (const k of ['CI', 'FORKD_DEBUG', 'FORKD_TIME_SCALE'])
     if (process.env[k] !== undefined) passEnv[k] = process.env[k]!;
-  const r = await runInOuterVm(kit, {
-    job: RUNNER,
-    env: passEnv,
-    memMib,
-    cpus,
-    scratchGib: 64,
-    timeoutMs: OUTER_LIMIT_MS,
-    onLine: (l) => process.stdout.write(l + '\n'),
-  });
+  const run = () =>
+    runInOuterVm(kit, {
+      job: RUNNER,
+      env: passEnv,
+      memMib,
+      cpus,
+      scratchGib: 64,
+      timeoutMs: OUTER_LIMIT_MS,
+      onLine: (l) => process.stdout.write(l + '\n'),
+    });
+  let r: Awaited<ReturnType<typeof run>> | undefined;
+  for (let attempt = 1; !r; attempt++) {
+    try {
+      r = await run();
+    } catch (e) {
+      // Only the emulated outer machine failing is tried again, never a failing suite.
+      if (!(e instanceof OuterVmFailure) || attempt >= OUTER_ATTEMPTS) throw e;
+      rep.warn(`outer VM attempt ${attempt} failed: ${(e as Error).message.split('\n')[0]}; trying again`);
+    }
+  }
   rep.step(`outer VM finished in ${(r.ms / 60000).toFixed(1)} min; suites exited ${r.code}`);
   if (r.code !== 0)
     process.stdout.write(
