@@ -25,6 +25,7 @@ import { WarmPool, newSandboxId, prepareSandbox } from '../src/engine/pool.js';
 import { median, percentile, table } from '../src/util/format.js';
 import { sleep } from '../src/util/proc.js';
 import { QemuVmm } from '../src/vmm/qemu.js';
+import { kvmOpenError } from '../src/host/accel.js';
 
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-bench-kvm-'));
 process.env.XDG_DATA_HOME = path.join(base, 'data');
@@ -116,15 +117,9 @@ function summarize(mode: string, n: number, runs: Run[]) {
 async function main(): Promise<void> {
   const accel = (process.env.FORKD_BENCH_ACCEL ?? 'kvm') as 'kvm' | 'tcg';
   if (accel !== 'kvm' && accel !== 'tcg') throw new Error('FORKD_BENCH_ACCEL must be kvm or tcg');
-  if (accel === 'kvm') {
-    try {
-      fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-    } catch (e) {
-      throw new Error(
-        `bench:kvm needs /dev/kvm (${(e as Error).message}); FORKD_BENCH_ACCEL=tcg runs it under TCG`,
-      );
-    }
-  }
+  const openError = accel === 'kvm' ? kvmOpenError() : undefined;
+  if (openError)
+    throw new Error(`bench:kvm needs /dev/kvm (${openError}); FORKD_BENCH_ACCEL=tcg runs it under TCG`);
   const qemu = await new QemuVmm().version();
   log(`accelerator ${accel}, QEMU ${qemu}, firmware guest with ${MEM_MIB} MiB`);
   const meta = await createFirmwareSnapshot({ tag: TAG, accel, memMib: MEM_MIB });

@@ -13,7 +13,7 @@ import type { IdentityResult } from '../protocol/agent-api.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
-import { currentAccel } from '../host/accel.js';
+import { currentAccel, kvmOpenError } from '../host/accel.js';
 import { missingCpuFeatures } from '../host/cpu.js';
 import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
 import {
@@ -121,15 +121,13 @@ export async function checkCompatible(
 /** A firmware guest needs no stock-kernel support: under kvm, an accessible /dev/kvm is enough. */
 function firmwareAccel(s: LoadedSnapshot): { accel: string; reason: string } {
   if (s.meta.accelerator === 'tcg') return { accel: 'tcg', reason: 'firmware guest saved under tcg' };
-  try {
-    fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-  } catch (e) {
+  const openError = kvmOpenError();
+  if (openError)
     throw new ForkdError(
       'incompatible_snapshot',
-      `snapshot '${s.tag}' is a kvm firmware guest, but /dev/kvm cannot be opened here: ${(e as Error).message}`,
+      `snapshot '${s.tag}' is a kvm firmware guest, but /dev/kvm cannot be opened here: ${openError}`,
       'run it on a host with KVM, or re-create it here under tcg',
     );
-  }
   return { accel: 'kvm', reason: 'firmware guest: /dev/kvm accessible' };
 }
 

@@ -9,6 +9,7 @@ import type { Accel } from '../vmm/types.js';
 import { ForkdError } from '../util/errors.js';
 import { hostTsc, tscCmdline } from './tsc.js';
 import { scaledMs } from '../util/host-speed.js';
+import { readCpuinfo } from './cpu.js';
 
 export interface AccelProbe {
   accel: Accel;
@@ -21,17 +22,22 @@ export interface AccelProbe {
 
 const PROBE_TIMEOUT_MS = 20_000;
 
+/** Why /dev/kvm cannot be opened read-write here, or undefined when it can. */
+export function kvmOpenError(): string | undefined {
+  try {
+    fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 function kvmFacts(): AccelProbe['kvm'] {
   const present = fs.existsSync('/dev/kvm');
   const pvm = fs.existsSync('/sys/module/kvm_pvm');
   let detail = present ? '/dev/kvm present' : '/dev/kvm missing';
-  if (present) {
-    try {
-      fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-    } catch (e) {
-      detail = `/dev/kvm not accessible: ${(e as Error).message}`;
-    }
-  }
+  const openError = present ? kvmOpenError() : undefined;
+  if (openError) detail = `/dev/kvm not accessible: ${openError}`;
   if (pvm) detail += '; KVM here is PVM (kvm_pvm: nested, runs only PVM-built guest kernels)';
   return { present, pvm, usable: null, detail };
 }
@@ -131,14 +137,6 @@ export function hostKind(
     kind: undefined,
     detail: `${kvm.detail}; not yet probed whether it runs a stock guest kernel${kvm.pvm ? ' (PVM usually cannot)' : ''}`,
   };
-}
-
-function readCpuinfo(): string {
-  try {
-    return fs.readFileSync('/proc/cpuinfo', 'utf8');
-  } catch {
-    return '';
-  }
 }
 
 /**

@@ -29,7 +29,7 @@ export function missingCpuFeatures(saved: HostCpu, here: HostCpu = hostCpu()): s
   return saved.flags.filter((f) => !have.has(f));
 }
 
-function readCpuinfo(): string {
+export function readCpuinfo(): string {
   try {
     return fs.readFileSync('/proc/cpuinfo', 'utf8');
   } catch {

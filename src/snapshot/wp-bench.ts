@@ -9,6 +9,7 @@ import type { QemuVm } from '../vmm/qemu.js';
 import { captureRunning } from '../vmm/capture.js';
 import type { Accel } from '../vmm/types.js';
 import { createWorkDir } from '../host/workdir.js';
+import { kvmOpenError } from '../host/accel.js';
 import { residentDir } from './assemble.js';
 import { bootFirmwareGuest } from './firmware.js';
 
@@ -58,7 +59,7 @@ export async function wpBench(
       `--reps must be 1..${WP_BENCH_LIMITS.maxReps} (got ${reps})`,
       'e.g. --reps 5',
     );
-  const accel = opts.accel ?? (kvmOpens() ? 'kvm' : 'tcg');
+  const accel = opts.accel ?? (kvmOpenError() === undefined ? 'kvm' : 'tcg');
   const shm = residentDir();
   fs.mkdirSync(shm, { recursive: true, mode: 0o700 });
   const freeShm = fs.statfsSync(shm);
@@ -119,15 +120,6 @@ export async function wpBench(
   } finally {
     await teardown();
     unregister();
-  }
-}
-
-function kvmOpens(): boolean {
-  try {
-    fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-    return true;
-  } catch {
-    return false;
   }
 }
 

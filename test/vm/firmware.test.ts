@@ -13,16 +13,9 @@ import { WarmPool, prepareSandbox } from '../../src/engine/pool.js';
 import { wpBench } from '../../src/snapshot/wp-bench.js';
 import { residentDir } from '../../src/snapshot/assemble.js';
 import { silentReporter } from '../../src/util/report.js';
+import { kvmOpenError } from '../../src/host/accel.js';
 
-const kvmOpens = (() => {
-  try {
-    fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const ACCEL = kvmOpens ? 'kvm' : 'tcg';
+const ACCEL = kvmOpenError() === undefined ? 'kvm' : 'tcg';
 let dirs: ReturnType<typeof isolatedDirs>;
 let src: ChildSource;
 
