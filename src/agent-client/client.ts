@@ -3,9 +3,9 @@ import { connectUnix } from '../util/unix-socket.js';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Readable } from 'node:stream';
-import { randomBytes } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
-import { findAck, helloFrame, NONCE_BYTES } from '../protocol/resync.js';
+import { resync } from './resync-socket.js';
+import { identityFor } from './identity.js';
 import { emptyExecResult } from '../protocol/agent-api.js';
 import type { z } from 'zod';
 import {
@@ -83,58 +83,6 @@ function checked<T>(schema: z.ZodType, value: unknown, what: string, status: num
   if (!r.success)
     throw new AgentError(status, `agent ${what}: malformed reply (${firstIssue(r.error)})`, 'EPROTO');
   return r.data as T;
-}
-
-/** Open the unix socket QEMU serves for the agent port, retrying until it exists. */
-/**
- * Send HELLO+nonce and discard input until the guest's ACK+nonce. Resolves with the socket positioned
- * at the first byte of the new session. Resends the HELLO periodically: a guest that is still booting
- * does not read the port yet, and bytes written before it opened the port may be lost.
- */
-async function resync(sock: net.Socket, deadline: number, signal?: AbortSignal): Promise<void> {
-  const nonce = randomBytes(NONCE_BYTES);
-  const hello = helloFrame(nonce);
-  let acc = Buffer.alloc(0);
-  await new Promise<void>((resolve, reject) => {
-    const resend = setInterval(() => sock.write(hello), 1000);
-    const timer = setInterval(() => {
-      if (signal?.aborted) finish(new Error('connect aborted'));
-      else if (Date.now() > deadline)
-        finish(
-          new Error(
-            "the guest agent did not answer the resync handshake (is the guest still booting, or does another client hold this VM's agent socket? QEMU serves one at a time)",
-          ),
-        );
-    }, 50);
-    const onData = (d: Buffer) => {
-      acc = Buffer.concat([acc, d]);
-      const rest = findAck(acc, nonce);
-      if (rest === undefined) {
-        if (acc.length > 1 << 20) acc = acc.subarray(acc.length - 4096); // stale bytes from an old session
-        return;
-      }
-      // Stop the flow before detaching: in flowing mode, bytes unshifted (or arriving) with no 'data'
-      // listener are emitted to nobody and lost, and they are the start of the guest's HTTP/2 session.
-      sock.pause();
-      finish();
-      if (rest.length) sock.unshift(rest);
-    };
-    const onClose = () => finish(new Error('agent socket closed during the resync handshake'));
-    const finish = (err?: Error) => {
-      clearInterval(resend);
-      clearInterval(timer);
-      sock.off('data', onData);
-      sock.off('close', onClose);
-      sock.off('error', onClose);
-      if (err) reject(err);
-      else resolve();
-    };
-    sock.on('data', onData);
-    sock.on('close', onClose);
-    sock.on('error', onClose);
-    sock.write(hello);
-  });
-  sock.pause();
 }
 
 /**
@@ -357,12 +305,7 @@ export class AgentClient {
 
   /** Tell a freshly restored child who it is: its id as hostname, the host's clock, fresh entropy. */
   announce(sandboxId: string): Promise<IdentityResult> {
-    return this.identity({
-      sandbox_id: sandboxId,
-      hostname: sandboxId,
-      time_unix_ns: String(BigInt(Date.now()) * 1_000_000n),
-      seed_hex: randomBytes(64).toString('hex'),
-    });
+    return this.identity(identityFor(sandboxId));
   }
 
   /** The parent, just before its snapshot: collect garbage and freeze the Python heap (see prime.ts). */

@@ -27,6 +27,14 @@ export const PingSchema = z.looseObject({
   epoch: int,
 });
 
+/** The Python worker's own ping on its port (pyworker.py). */
+export const PythonPingSchema = z.looseObject({
+  ok: z.literal(true),
+  python: z.string(),
+  numpy: z.string().nullable(),
+  pid: int,
+});
+
 export const IdentityResultSchema = z.looseObject({
   hostname: z.string(),
   clock_set: z.boolean(),

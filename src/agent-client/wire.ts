@@ -1,6 +1,6 @@
 import { Duplex } from 'node:stream';
 import type net from 'node:net';
-import { STARTED } from '../protocol/resync.js';
+import { StartedWatch } from './started-watch.js';
 
 /** The client connection preface every HTTP/2 client sends first (RFC 9113 §3.4). */
 const PREFACE_BYTES = 24;
@@ -19,7 +19,7 @@ const GOAWAY = 0x07;
  *   HTTP/2 but is named for what it is.
  */
 export class AgentWire extends Duplex {
-  private tail = Buffer.alloc(0);
+  private started = new StartedWatch();
   private out = new OutboundFrames();
   private reported = false;
 
@@ -42,15 +42,7 @@ export class AgentWire extends Duplex {
   }
 
   private scanInbound(d: Buffer): void {
-    // No copy of the chunk (file reads stream through here): search it, and the seam with the tail
-    // of the previous chunk, for a frame split across the two.
-    const seam = Buffer.concat([this.tail, d.subarray(0, STARTED.length - 1)]);
-    if (seam.indexOf(STARTED) >= 0 || d.indexOf(STARTED) >= 0) this.lost('the guest agent restarted');
-    const keep = STARTED.length - 1;
-    this.tail =
-      d.length >= keep
-        ? Buffer.from(d.subarray(d.length - keep))
-        : Buffer.from(seam.subarray(Math.max(0, seam.length - keep)));
+    if (this.started.seen(d)) this.lost('the guest agent restarted');
   }
 
   override _read(): void {

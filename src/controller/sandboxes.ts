@@ -2,7 +2,8 @@ import { ForkdError, errorMessage } from '../util/errors.js';
 import { pidStartTime, sameProcessAlive } from '../util/proc.js';
 import type { QemuVm } from '../vmm/qemu.js';
 import { GUEST_IP } from '../vmm/qemu-argv.js';
-import { AgentClient } from '../agent-client/client.js';
+import type { AgentClient } from '../agent-client/client.js';
+import type { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { allocIndex } from '../network/netns.js';
 import { oomKilled } from '../host/cgroup.js';
@@ -37,8 +38,8 @@ export type SpawnTimings = ChildTimings;
 export interface LiveSandbox {
   rec: SandboxRecord;
   vm: QemuVm;
-  agent?: AgentClient;
-  connecting?: Promise<AgentClient>;
+  /** The agent and Python connections, each made on first use and remade when it broke. */
+  guest: GuestSession;
   /** set while a branch or suspend holds the sandbox */
   busy: string | null;
   exited?: { reason: string; at_unix: number };
@@ -121,6 +122,7 @@ export class SandboxManager {
         work_dir: res.work_dir,
         memory_file: source.memoryFile,
         active_disk: child.disk,
+        python_port: child.guest?.hasPythonPort ?? false,
         disk_generation: 0,
         tap: res.tap,
         netns: res.netns,
@@ -137,7 +139,7 @@ export class SandboxManager {
         metadata: opts.metadata,
         workspace: opts.workspace ?? null,
       };
-      const live: LiveSandbox = { rec, vm, agent: child.agent!, busy: null };
+      const live: LiveSandbox = { rec, vm, guest: child.guest!, busy: null };
       this.live.set(res.id, live);
       this.watchExit(live);
       this.state.sandboxes.set(res.id, rec);
@@ -164,7 +166,7 @@ export class SandboxManager {
       if (this.live.get(live.rec.id) !== live) return; // destroyed on purpose
       const reason = live.rec.cgroup && oomKilled(live.rec.cgroup) ? 'oom-killed (memory limit)' : 'exited';
       this.ev.log(`sandbox ${live.rec.id} ${reason}`);
-      live.agent?.close();
+      live.guest.close();
       live.exited = { reason, at_unix: nowUnix() };
       this.live.delete(live.rec.id);
       this.exited.set(live.rec.id, live);
@@ -189,20 +191,8 @@ export class SandboxManager {
   }
 
   /** The sandbox's agent connection (made on first use, remade if it broke). */
-  async agent(id: string): Promise<AgentClient> {
-    const l = this.get(id);
-    if (l.agent?.usable) return l.agent;
-    if (!l.connecting) {
-      l.agent?.close();
-      l.agent = undefined;
-      l.connecting = AgentClient.connect(l.vm.agentSocket, { timeoutMs: 30_000 })
-        .then((a) => {
-          l.agent = a;
-          return a;
-        })
-        .finally(() => (l.connecting = undefined));
-    }
-    return l.connecting;
+  agent(id: string): Promise<AgentClient> {
+    return this.get(id).guest.agent();
   }
 
   /** Kill a sandbox and free everything it had. */
@@ -215,7 +205,7 @@ export class SandboxManager {
     if (l.busy)
       throw new ForkdError('conflict', `sandbox ${id} is busy (${l.busy}); try again when it finishes`);
     this.live.delete(id);
-    l.agent?.close();
+    l.guest.close();
     await l.vm.destroy();
     await this.release(l.rec);
     this.state.sandboxes.delete(id);
@@ -244,8 +234,9 @@ export class SandboxManager {
             pidStart: rec.pid_start ?? undefined,
             memoryFile: rec.memory_file,
             activeDisk: rec.active_disk,
+            pythonPort: rec.python_port,
           });
-          const live: LiveSandbox = { rec, vm: child.vm, busy: null };
+          const live: LiveSandbox = { rec, vm: child.vm, guest: child.guest!, busy: null };
           this.live.set(rec.id, live);
           this.watchExit(live);
           adopted.push(rec.id);
@@ -317,7 +308,7 @@ export class SandboxManager {
   /** Leave every sandbox running and drop our handles (graceful daemon shutdown). */
   releaseAll(): void {
     for (const l of this.live.values()) {
-      l.agent?.close();
+      l.guest.close();
       l.vm.release();
     }
     this.state.save();

@@ -20,6 +20,8 @@ export const SandboxRecord = z.object({
   memory_file: z.string(),
   /** the overlay the guest currently writes (changes with every branch) */
   active_disk: z.string(),
+  /** the guest's Python worker serves its own port (MachineConfig.pythonPort): eval goes there */
+  python_port: z.boolean().default(false),
   disk_generation: z.number().int().default(0),
   tap: z.string().nullable(),
   netns: z.string().nullable(),

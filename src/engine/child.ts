@@ -9,13 +9,15 @@ import type { MachineConfig, RestoreTimings, Vmm } from '../vmm/types.js';
 import { SignalChannel } from '../vmm/signal.js';
 import { RUN_SIGNAL } from '../image/firmware.js';
 import { AgentClient } from '../agent-client/client.js';
+import { PythonPort } from '../agent-client/python-port.js';
+import { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
 import { currentAccel, kvmOpenError } from '../host/accel.js';
 import { missingCpuFeatures } from '../host/cpu.js';
-import { loadSnapshot, type LoadedSnapshot } from '../snapshot/store.js';
+import { loadSnapshot, machineOf, type LoadedSnapshot } from '../snapshot/store.js';
 import {
   diskImage,
   memoryImage,
@@ -72,16 +74,6 @@ export const MAX_CHILDREN = 1000;
 /** Children started at once by any caller; FORKD_SPAWN_CONCURRENCY overrides. */
 export const SPAWN_CONCURRENCY = Number(process.env.FORKD_SPAWN_CONCURRENCY) || 16;
 export const SANDBOX_DIR_PREFIX = 'forkd-sb-';
-
-export function machineOf(s: LoadedSnapshot): MachineConfig {
-  return {
-    accel: s.meta.machine.accel,
-    vcpus: s.meta.machine.vcpus,
-    memMib: s.meta.machine.mem_mib,
-    net: s.meta.machine.net,
-    ...(s.meta.machine.firmware ? { firmware: path.join(s.dir, s.meta.machine.firmware) } : {}),
-  };
-}
 
 export function snapshotKey(s: LoadedSnapshot): string {
   return `${s.tag}:${s.meta.files.vmstate.sha256}:${s.meta.files.memory.sha256}`;
@@ -277,13 +269,14 @@ export interface StartOptions {
   fromPool?: boolean;
 }
 
-/** A running child: its VM, its agent session, what it holds, and how it started. */
+/** A running child: its VM, its guest session, what it holds, and how it started. */
 export class Child {
   private destroyed = false;
   constructor(
     readonly res: ChildResources,
     readonly vm: QemuVm,
-    public agent: AgentClient | undefined,
+    /** The agent and Python connections; undefined for a firmware guest (it has neither). */
+    readonly guest: GuestSession | undefined,
     readonly identity: IdentityResult | undefined,
     readonly timings: ChildTimings | undefined,
     readonly disk: string,
@@ -297,7 +290,7 @@ export class Child {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    this.agent?.close();
+    this.guest?.close();
     await this.vm.destroy();
     await releaseChild(this.res);
   }
@@ -329,20 +322,26 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
     if (p.source.machine.firmware) return await startFirmwareChild(p, opts, t0);
     const { timings } = await vmm.completeRestore(pending);
     const tAgent0 = performance.now();
-    const agent = await AgentClient.connect(vm.agentSocket, { timeoutMs: opts.agentTimeoutMs ?? 60_000 });
+    // The first answer goes the shortest way through the guest: the Python worker's own port where
+    // there is one (the agent is connected on first use), else the agent.
+    const sockets = { agent: vm.agentSocket, python: pythonSocketOf(p.source, vm) };
+    const timeoutMs = opts.agentTimeoutMs ?? 60_000;
+    const first = sockets.python
+      ? await PythonPort.connect(sockets.python, { timeoutMs })
+      : await AgentClient.connect(vm.agentSocket, { timeoutMs });
     const tAgent = performance.now();
     let identity: IdentityResult;
     try {
-      identity = await agent.announce(opts.announceAs ?? res.id);
+      identity = await first.announce(opts.announceAs ?? res.id);
     } catch (e) {
-      agent.close();
+      first.close();
       throw e;
     }
     const tId = performance.now();
     return new Child(
       res,
       vm,
-      agent,
+      new GuestSession(sockets, first instanceof PythonPort ? { python: first } : { agent: first }),
       identity,
       childTimings(timings, opts, { agentMs: tAgent - tAgent0, identityMs: tId - tAgent, readyMs: tId - t0 }),
       p.disk,
@@ -352,6 +351,11 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
     await releaseChild(res);
     throw e;
   }
+}
+
+/** The Python worker's socket when the snapshot's guest serves that port (Python was warm in it). */
+function pythonSocketOf(source: ChildSource, vm: QemuVm): string | undefined {
+  return source.machine.pythonPort && source.s.meta.guest.python ? vm.pythonSocket : undefined;
 }
 
 /**
@@ -410,7 +414,14 @@ export async function discardPrepared(p: PreparedChild): Promise<void> {
  */
 export async function adoptChild(
   res: ChildResources,
-  vmInfo: { pid: number; pidStart: number | undefined; memoryFile: string; activeDisk: string },
+  vmInfo: {
+    pid: number;
+    pidStart: number | undefined;
+    memoryFile: string;
+    activeDisk: string;
+    /** The guest's Python worker serves its own port (the child was started with one). */
+    pythonPort: boolean;
+  },
 ): Promise<Child> {
   const paths = {
     ...workPaths(res.work_dir, vmInfo.memoryFile, vmInfo.activeDisk),
@@ -427,5 +438,9 @@ export async function adoptChild(
       await qmp.execute('migrate_cancel').catch(() => {});
     if (['paused', 'postmigrate', 'finish-migrate'].includes(st.status)) await qmp.execute('cont');
   }
-  return new Child(res, vm, undefined, undefined, undefined, vmInfo.activeDisk);
+  const guest = new GuestSession({
+    agent: vm.agentSocket,
+    python: vmInfo.pythonPort ? vm.pythonSocket : undefined,
+  });
+  return new Child(res, vm, guest, undefined, undefined, vmInfo.activeDisk);
 }

@@ -75,7 +75,7 @@ export async function deriveSnapshot(o: DeriveOptions, rep: Reporter): Promise<D
     const te = performance.now();
     if (o.exec?.trim()) {
       rep.step(`running in the transient sandbox: ${o.exec}`);
-      const r = await child.agent.exec({ cmd: o.exec, timeout_ms: timeout * 1000 });
+      const r = await (await child.guest.agent()).exec({ cmd: o.exec, timeout_ms: timeout * 1000 });
       if (r.timed_out)
         throw new ForkdError(
           'timeout',
@@ -90,7 +90,7 @@ export async function deriveSnapshot(o: DeriveOptions, rep: Reporter): Promise<D
         );
     }
     if (o.eval?.trim()) {
-      const r = await child.agent.eval({ code: o.eval });
+      const r = await child.guest.eval({ code: o.eval });
       if (!r.ok)
         throw new ForkdError(
           'bad_input',

@@ -9,7 +9,7 @@ import type { Reporter } from '../util/report.js';
 import { loadSnapshot } from '../snapshot/store.js';
 import { validateTag } from '../snapshot/tag.js';
 import type { QemuVm } from '../vmm/qemu.js';
-import type { AgentClient } from '../agent-client/client.js';
+import type { GuestSession } from '../agent-client/guest-session.js';
 import type { EvalResult, ExecResult, IdentityResult } from '../protocol/agent-api.js';
 import { createWorkDir } from '../host/workdir.js';
 import {
@@ -80,7 +80,8 @@ export interface ForkReport {
 export interface RunningChild {
   report: ChildReport;
   vm: QemuVm;
-  agent: AgentClient;
+  /** The child's agent and Python connections. */
+  guest: GuestSession;
   child: Child;
 }
 
@@ -114,7 +115,7 @@ async function startOne(
   track(child);
   return {
     vm: child.vm,
-    agent: child.agent!,
+    guest: child.guest!,
     child,
     report: {
       index,
@@ -193,13 +194,15 @@ export async function fork(
           running.push(child);
           rep1 = child.report;
           if (opts.exec) {
-            rep1.exec = await child.agent.exec({
+            rep1.exec = await (
+              await child.guest.agent()
+            ).exec({
               cmd: opts.exec,
               timeout_ms: (opts.execTimeoutSecs ?? 600) * 1000,
             });
           }
           if (opts.eval)
-            rep1.eval = await child.agent.eval({ code: opts.eval, language: opts.evalLanguage ?? 'python' });
+            rep1.eval = await child.guest.eval({ code: opts.eval, language: opts.evalLanguage ?? 'python' });
           rep1.answeredMs = Math.round((performance.now() - t0) * 10) / 10;
         } catch (e) {
           rep1 = {

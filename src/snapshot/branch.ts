@@ -8,7 +8,6 @@ import { forkdVersion } from '../util/project.js';
 import { createOverlay } from '../vmm/disk.js';
 import { captureRunning, normalizeStream, type CaptureMode } from '../vmm/capture.js';
 import type { QemuVm } from '../vmm/qemu.js';
-import type { MachineConfig } from '../vmm/types.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { writeChildRecord } from '../host/records.js';
 import { stageSnapshot } from './writer.js';
@@ -16,7 +15,7 @@ import { contentHash, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta } fro
 import { extractDiff, type DiffStats } from './memdiff.js';
 import { fileEntry } from './create.js';
 import { validateTag } from './tag.js';
-import { snapshotDir, type LoadedSnapshot } from './store.js';
+import { machineOf, snapshotDir, type LoadedSnapshot } from './store.js';
 
 export interface BranchSource {
   vm: QemuVm;
@@ -61,12 +60,7 @@ export async function branchSandbox(
       `snapshot '${tag}' already exists`,
       `pick another tag, or delete it first: forkd rmi ${tag}`,
     );
-  const machine: MachineConfig = {
-    accel: src.source.meta.machine.accel,
-    vcpus: src.source.meta.machine.vcpus,
-    memMib: src.source.meta.machine.mem_mib,
-    net: src.source.meta.machine.net,
-  };
+  const machine = machineOf(src.source);
   const staged = stageSnapshot(tag);
   const staging = staged.dir;
   fs.mkdirSync(src.workDir, { recursive: true });

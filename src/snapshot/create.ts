@@ -22,6 +22,7 @@ import type { PingResponse } from '../protocol/agent-api.js';
 import { createWorkDir } from '../host/workdir.js';
 import { stageSnapshot } from './writer.js';
 import { primeAgent } from './prime.js';
+import { machineCpu } from '../host/kvm-cpu.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
 import { snapshotDir, snapshotExists } from './store.js';
@@ -140,7 +141,8 @@ export async function createSnapshot(
     );
 
   const net = opts.net ? 'virtio' : 'none';
-  const machine: MachineConfig = { accel: accel.accel, vcpus, memMib, net };
+  const cpu = await machineCpu(accel.accel);
+  const machine: MachineConfig = { accel: accel.accel, vcpus, memMib, net, pythonPort: true, ...cpu };
   // The parent's NIC needs a tap of the same kind the children will get; it is not connected anywhere.
   const parentTap = opts.net ? `fkp${randomBytes(4).toString('hex')}` : undefined;
   const vmm = new QemuVmm();
@@ -226,7 +228,7 @@ export async function createSnapshot(
     agent = undefined;
     if (opts.prime !== false) {
       const tp = performance.now();
-      await primeAgent(vm.agentSocket, bootTimeout);
+      await primeAgent(vm.agentSocket, bootTimeout, ping.python.ready ? vm.pythonSocket : undefined);
       timings.prime_ms = performance.now() - tp;
       rep.info(`primed the agent's request paths in ${fmtMs(timings.prime_ms)} [${accel.accel}]`);
     }
@@ -266,7 +268,7 @@ export async function createSnapshot(
       vmm: { kind: 'qemu', version: qemuVersion, ...(accel.accel === 'kvm' ? { cpu: hostCpu() } : {}) },
       accelerator: accel.accel,
       accelerator_reason: accel.reason,
-      machine: { accel: accel.accel, vcpus, mem_mib: memMib, net },
+      machine: { accel: accel.accel, vcpus, mem_mib: memMib, net, python_port: true, ...cpu },
       guest: {
         recipe: image && !opts.rootfs ? image.recipe : null,
         image_key: image?.key ?? null,

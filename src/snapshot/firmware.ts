@@ -11,6 +11,7 @@ import type { Accel, MachineConfig } from '../vmm/types.js';
 import { FIRMWARE_FLAG_ADDR, firmwareImage } from '../image/firmware.js';
 import { createWorkDir } from '../host/workdir.js';
 import { hostCpu } from '../host/cpu.js';
+import { machineCpu } from '../host/kvm-cpu.js';
 import { stageSnapshot } from './writer.js';
 import { fileEntry } from './create.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta } from './metadata.js';
@@ -38,6 +39,7 @@ export async function bootFirmwareGuest(opts: {
     memMib: opts.memMib,
     net: 'none',
     firmware: files.firmware,
+    ...(await machineCpu(opts.accel)),
   };
   const vm = await new QemuVmm().boot({
     machine,
@@ -147,7 +149,14 @@ export async function createFirmwareSnapshot(opts: {
       },
       accelerator: opts.accel,
       accelerator_reason: 'firmware guest',
-      machine: { accel: opts.accel, vcpus: 1, mem_mib: opts.memMib, net: 'none', firmware: 'firmware.bin' },
+      machine: {
+        accel: opts.accel,
+        vcpus: 1,
+        mem_mib: opts.memMib,
+        net: 'none',
+        firmware: 'firmware.bin',
+        ...(await machineCpu(opts.accel)),
+      },
       guest: {
         recipe: null,
         image_key: null,

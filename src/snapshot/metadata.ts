@@ -41,6 +41,13 @@ export const SnapshotMeta = z.object({
       .string()
       .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a plain file name in the snapshot dir')
       .optional(),
+    /** The guest's Python worker serves its own port (MachineConfig.pythonPort). */
+    python_port: z.boolean().optional(),
+    /** KVM's -cpu model when not plain `host` (MachineConfig.cpu): a model name and +/- features. */
+    cpu: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9,+_.-]{0,127}$/, 'a QEMU CPU model with features')
+      .optional(),
   }),
   guest: z.object({
     recipe: z.string().nullable(),

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import { AgentClient } from '../agent-client/client.js';
+import { PythonPort } from '../agent-client/python-port.js';
 import { sleep } from '../util/proc.js';
 
 /**
@@ -14,9 +15,24 @@ import { sleep } from '../util/proc.js';
  * parent, once. Settling collects the garbage all this made (so no child starts with a collection due)
  * and freezes the Python heap.
  */
-export async function primeAgent(socketPath: string, timeoutMs: number): Promise<void> {
+export async function primeAgent(
+  socketPath: string,
+  timeoutMs: number,
+  pythonSocket?: string | undefined,
+): Promise<void> {
   const rounds = 3;
   for (let i = 0; i < rounds; i++) {
+    if (pythonSocket) {
+      // A child's first answer: identity and eval on the Python worker's own port.
+      const py = await PythonPort.connect(pythonSocket, { timeoutMs });
+      try {
+        await py.announce('forkd-parent');
+        await py.eval({ code: '1' });
+        await py.ping();
+      } finally {
+        py.close();
+      }
+    }
     const agent = await AgentClient.connect(socketPath, { timeoutMs });
     try {
       const ping = await agent.ping();
@@ -44,5 +60,5 @@ export async function primeAgent(socketPath: string, timeoutMs: number): Promise
   }
   // Let the guest finish what closing the session started (stream teardown, timers) while it is still
   // the parent.
-  await sleep(500);
+  await sleep(1500);
 }

@@ -5,6 +5,7 @@ import { ForkdError } from '../util/errors.js';
 import { diskUsage, listDir } from '../util/fs.js';
 import { SnapshotMeta, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
+import type { MachineConfig } from '../vmm/types.js';
 
 export function snapshotDir(tag: string): string {
   return path.join(snapshotsDir(), validateTag(tag));
@@ -21,6 +22,20 @@ export interface LoadedSnapshot {
 }
 
 /** Read and validate a snapshot's metadata. Named errors for unknown tags and unreadable formats. */
+/** The machine a snapshot's children (and its branches) must be started as: its parent's device set. */
+export function machineOf(s: LoadedSnapshot): MachineConfig {
+  const m = s.meta.machine;
+  return {
+    accel: m.accel,
+    vcpus: m.vcpus,
+    memMib: m.mem_mib,
+    net: m.net,
+    ...(m.firmware ? { firmware: path.join(s.dir, m.firmware) } : {}),
+    ...(m.python_port ? { pythonPort: true } : {}),
+    ...(m.cpu ? { cpu: m.cpu } : {}),
+  };
+}
+
 export function loadSnapshot(tag: string): LoadedSnapshot {
   const dir = snapshotDir(tag);
   const file = path.join(dir, 'snapshot.json');

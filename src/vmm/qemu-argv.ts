@@ -3,10 +3,13 @@ import type { MachineConfig } from './types.js';
 
 /** The name of the virtio-serial port the guest agent listens on. */
 export const AGENT_PORT_NAME = 'org.forkd.agent';
+/** The port the warm Python interpreter serves itself (pyworker.py's HOST_PORT_NAME). */
+export const PYTHON_PORT_NAME = 'org.forkd.python';
 
 export interface QemuPaths {
   qmpSocket: string;
   agentSocket: string;
+  pythonSocket: string;
   consoleLog: string;
   memoryFile: string;
   disk: string;
@@ -48,15 +51,18 @@ export function tcgCacheMib(env: NodeJS.ProcessEnv = process.env): number {
 }
 export const DEFAULT_TCG_CACHE_MIB = 64;
 
-export function accelArgs(accel: MachineConfig['accel']): string[] {
+/** The CPU model of KVM guests unless the machine names another (MachineConfig.cpu). */
+export const KVM_CPU = 'host';
+
+export function accelArgs(accel: MachineConfig['accel'], cpu?: string): string[] {
   return accel === 'kvm'
-    ? ['-accel', 'kvm', '-cpu', 'host']
+    ? ['-accel', 'kvm', '-cpu', cpu ?? KVM_CPU]
     : ['-accel', `tcg,tb-size=${tcgCacheMib()}`, '-cpu', 'max'];
 }
 
 /** Machine + device arguments. Must be identical for a parent and all of its children. */
 export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): string[] {
-  const accel = accelArgs(m.accel);
+  const accel = accelArgs(m.accel, m.cpu);
   return [
     '-machine',
     'microvm,memory-backend=mem',
@@ -84,8 +90,19 @@ export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): str
     `socket,id=agent,path=${escapeOpt(p.agentSocket)},server=on,wait=off`,
     '-device',
     `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+    ...pythonPortArgs(m, p),
     ...netArgs(m, p),
     ...firmwareArgs(m, p),
+  ];
+}
+
+function pythonPortArgs(m: MachineConfig, p: QemuPaths): string[] {
+  if (!m.pythonPort) return [];
+  return [
+    '-chardev',
+    `socket,id=python,path=${escapeOpt(p.pythonSocket)},server=on,wait=off`,
+    '-device',
+    `virtserialport,chardev=python,name=${PYTHON_PORT_NAME}`,
   ];
 }
 

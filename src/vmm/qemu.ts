@@ -24,6 +24,7 @@ export function workPaths(workDir: string, memoryFile: string, disk: string): Qe
   return {
     qmpSocket: path.join(workDir, 'qmp.sock'),
     agentSocket: path.join(workDir, 'agent.sock'),
+    pythonSocket: path.join(workDir, 'python.sock'),
     consoleLog: path.join(workDir, 'console.log'),
     signalSocket: path.join(workDir, 'signal.sock'),
     memoryFile,
@@ -103,6 +104,9 @@ export class QemuVm implements VmHandle {
 
   get agentSocket(): string {
     return this.paths.agentSocket;
+  }
+  get pythonSocket(): string {
+    return this.paths.pythonSocket;
   }
   get qmpSocket(): string {
     return this.paths.qmpSocket;
@@ -205,7 +209,8 @@ export class QemuVmm implements Vmm<QemuVm> {
 
   private start(workDir: string, paths: QemuPaths, argv: string[], extraFds: number[] = []): QemuVm {
     fs.mkdirSync(workDir, { recursive: true });
-    for (const s of [paths.qmpSocket, paths.agentSocket, paths.signalSocket]) fs.rmSync(s, { force: true });
+    for (const s of [paths.qmpSocket, paths.agentSocket, paths.pythonSocket, paths.signalSocket])
+      fs.rmSync(s, { force: true });
     const log = fs.openSync(path.join(workDir, 'qemu.log'), 'w');
     const child = spawn(qemuBinary(), argv, {
       stdio: ['ignore', log, log, ...extraFds],

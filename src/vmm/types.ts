@@ -21,6 +21,14 @@ export interface MachineConfig {
    * signal socket. Used to measure the runtime's own overhead where a Linux guest cannot run.
    */
   firmware?: string | undefined;
+  /**
+   * A second virtio-serial port, served by the guest's warm Python interpreter itself (pyworker.py):
+   * identity and Python eval without the agent's HTTP/2 stack, the fast path of a fresh TCG child.
+   * Part of the device set, so a snapshot's children have it exactly when the parent had it.
+   */
+  pythonPort?: boolean | undefined;
+  /** KVM's `-cpu` model when not plain `host` (host/kvm-cpu.ts); part of what children must share. */
+  cpu?: string | undefined;
 }
 
 export type NetMode = 'none' | 'virtio';
@@ -73,6 +81,8 @@ export interface VmHandle {
   readonly pid: number;
   readonly workDir: string;
   readonly agentSocket: string;
+  /** The Python worker's own port (machine.pythonPort). */
+  readonly pythonSocket: string;
   readonly qmpSocket: string;
   readonly consoleLog: string;
   /** Resolves when the VMM process has exited. */

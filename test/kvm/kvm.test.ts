@@ -117,10 +117,12 @@ describe('what users do, under real KVM', { timeout: 60 * 60_000 }, () => {
       np: new Set<string>(),
     };
     for (const ch of children) {
-      const ping = await ch.agent.ping();
+      const ping = await (await ch.guest.agent()).ping();
       assert.equal(ping.hostname, ch.report.id);
       seen.ids.add(String(ping.sandbox_id));
-      const r = await ch.agent.exec({
+      const r = await (
+        await ch.guest.agent()
+      ).exec({
         cmd: 'cat /sys/devices/system/clocksource/clocksource0/current_clocksource; date +%s%N; cat /root/parent-file; head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"',
       });
       assert.equal(r.exit_code, 0, r.stderr);
@@ -130,9 +132,9 @@ describe('what users do, under real KVM', { timeout: 60 * 60_000 }, () => {
       assert.ok(skewMs < 10_000, `the child's clock is ${skewMs} ms off the host's`);
       assert.equal(parentFile, TOKEN, "the parent's disk");
       seen.kernel.add(urandom!);
-      const e = await ch.agent.eval({ code: 'PARENT_TOKEN' });
+      const e = await ch.guest.eval({ code: 'PARENT_TOKEN' });
       assert.equal(e.result_json, TOKEN, "the parent's warm interpreter");
-      const rnd = await ch.agent.eval({
+      const rnd = await ch.guest.eval({
         code: '[__import__("random").random(), int(np.random.randint(0, 2**31))]',
       });
       assert.ok(rnd.ok, rnd.error?.traceback);
@@ -142,8 +144,8 @@ describe('what users do, under real KVM', { timeout: 60 * 60_000 }, () => {
     }
     for (const [k, v] of Object.entries(seen)) assert.equal(v.size, 3, `${k} differ across children`);
     const [a, b] = children;
-    await a!.agent.exec({ cmd: 'echo from-a > /root/iso.txt && sync' });
-    const other = await b!.agent.exec({ cmd: 'cat /root/iso.txt' });
+    await (await a!.guest.agent()).exec({ cmd: 'echo from-a > /root/iso.txt && sync' });
+    const other = await (await b!.guest.agent()).exec({ cmd: 'cat /root/iso.txt' });
     assert.notEqual(other.exit_code, 0, 'a sibling must not see the file');
     await releaseChildren!();
   });

@@ -7,6 +7,7 @@ const m = { accel: 'tcg' as const, vcpus: 1, memMib: 512, net: 'none' as const }
 const p = {
   qmpSocket: '/w/qmp.sock',
   agentSocket: '/w/agent.sock',
+  pythonSocket: '/w/python.sock',
   consoleLog: '/w/console.log',
   memoryFile: '/s/memory.bin',
   disk: '/w/disk.qcow2',
@@ -33,6 +34,10 @@ describe('QEMU argv', () => {
       'host',
     ]);
   });
+  it('gives KVM guests the CPU model the machine records (a host quirk), else host', () => {
+    const a = machineArgs({ ...m, accel: 'kvm', cpu: 'host,-arch-capabilities' }, p, false);
+    assert.equal(a[a.indexOf('-cpu') + 1], 'host,-arch-capabilities');
+  });
   it('boots a firmware guest from its -bios image, with the debug port on the signal socket', () => {
     const fw = { ...m, accel: 'kvm' as const, firmware: '/s/firmware.bin' };
     const parent = parentArgs(fw, p, '/k/vmlinux', '/k/initrd', 'console=ttyS0');
@@ -42,6 +47,12 @@ describe('QEMU argv', () => {
     assert.ok(parent.some((a) => a.startsWith('socket,id=signal,path=/w/signal.sock,server=on')));
     const child = childArgs(fw, p);
     assert.equal(child[child.indexOf('-bios') + 1], '/s/firmware.bin', 'children run the same machine');
+  });
+  it("gives a machine with pythonPort the Python worker's own port, and none otherwise", () => {
+    const withPort = machineArgs({ ...m, pythonPort: true }, p, true);
+    assert.ok(withPort.includes('virtserialport,chardev=python,name=org.forkd.python'));
+    assert.ok(withPort.some((a) => a.startsWith('socket,id=python,path=/w/python.sock,server=on')));
+    assert.ok(!machineArgs(m, p, true).some((a) => a.includes('org.forkd.python')));
   });
   it('escapes commas in option values and quotes shell paths', () => {
     assert.equal(escapeOpt('/a,b/c'), '/a,,b/c');

@@ -16,6 +16,7 @@ import { SandboxManager, type SandboxEngine } from '../../src/controller/sandbox
 import { StateStore, type SandboxRecord } from '../../src/controller/state.js';
 import { WarmPool, newSandboxId, sandboxDir } from '../../src/engine/pool.js';
 import { Child, type ChildResources, type ChildSource, type PreparedChild } from '../../src/engine/child.js';
+import { GuestSession } from '../../src/agent-client/guest-session.js';
 import { AgentClient } from '../../src/agent-client/client.js';
 import { pidStartTime } from '../../src/util/proc.js';
 import { STARTED } from '../../src/protocol/resync.js';
@@ -108,13 +109,21 @@ class FakeEngine implements SandboxEngine {
       ready_ms: 5,
       from_pool: false,
     };
-    return new Child(p.res, vm, agent, identity, timings, p.disk);
+    return new Child(
+      p.res,
+      vm,
+      new GuestSession({ agent: vm.agentSocket }, { agent }),
+      identity,
+      timings,
+      p.disk,
+    );
   }
 
   async adopt(res: ChildResources, info: { pid: number }): Promise<Child> {
     const proc = this.procs.find((x) => x.pid === info.pid)!;
     const g = this.guests.get(res.id) ?? (await this.guestFor(res.id));
-    return new Child(res, fakeVm(proc, g.socketPath), undefined, undefined, undefined, '');
+    const vm = fakeVm(proc, g.socketPath);
+    return new Child(res, vm, new GuestSession({ agent: vm.agentSocket }), undefined, undefined, '');
   }
 
   async release(res: ChildResources): Promise<void> {

@@ -22,7 +22,7 @@ let children: RunningChild[] = [];
 let teardown: (() => Promise<void>) | undefined;
 
 async function py(c: RunningChild, code: string) {
-  const r = await c.agent.eval({ code });
+  const r = await c.guest.eval({ code });
   assert.ok(r.ok, `eval failed in ${c.report.id}: ${r.error?.traceback}`);
   return r;
 }
@@ -68,7 +68,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
   });
 
   it('every child answers, with its own identity', async () => {
-    const pings = await Promise.all(children.map((c) => c.agent.ping()));
+    const pings = await Promise.all(children.map(async (c) => (await c.guest.agent()).ping()));
     const ids = pings.map((p) => p.sandbox_id);
     assert.equal(new Set(ids).size, 3);
     for (const [i, p] of pings.entries()) {
@@ -76,7 +76,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
       assert.ok(p.python.ready);
     }
     const hostnames = await Promise.all(
-      children.map((c) => c.agent.exec({ argv: ['cat', '/etc/hostname'] })),
+      children.map(async (c) => (await c.guest.agent()).exec({ argv: ['cat', '/etc/hostname'] })),
     );
     assert.deepEqual(
       hostnames.map((h) => h.stdout.trim()),
@@ -88,7 +88,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     for (const c of children) {
       const frozen = await py(c, "__import__('gc').get_freeze_count()");
       assert.ok((frozen.result_json as number) > 1000, `frozen objects: ${frozen.result}`);
-      const link = await c.agent.exec({ argv: ['readlink', '/etc/hostname'] });
+      const link = await (await c.guest.agent()).exec({ argv: ['readlink', '/etc/hostname'] });
       assert.equal(link.stdout.trim(), '/proc/sys/kernel/hostname');
     }
   });
@@ -97,16 +97,18 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     for (const c of children) {
       assert.equal((await py(c, 'PARENT_TOKEN')).result_json, TOKEN);
       assert.equal((await py(c, "'numpy' in __import__('sys').modules")).result_json, true);
-      const shm = await c.agent.exec({ cmd: 'cat /dev/shm/token /root/parent-file' });
+      const shm = await (await c.guest.agent()).exec({ cmd: 'cat /dev/shm/token /root/parent-file' });
       assert.equal(shm.stdout, `${TOKEN}\n${TOKEN}\n`);
     }
   });
 
   it('each child has its own copy-on-write root disk', async () => {
     const [a, b] = children;
-    const w = await a!.agent.exec({ cmd: 'echo from-a > /root/iso.txt && sync && cat /root/iso.txt' });
+    const w = await (
+      await a!.guest.agent()
+    ).exec({ cmd: 'echo from-a > /root/iso.txt && sync && cat /root/iso.txt' });
     assert.equal(w.stdout, 'from-a\n');
-    const seen = await b!.agent.exec({ cmd: 'cat /root/iso.txt' });
+    const seen = await (await b!.guest.agent()).exec({ cmd: 'cat /root/iso.txt' });
     assert.notEqual(seen.exit_code, 0, 'a sibling must not see the file');
     const s = loadSnapshot(TAG);
     assert.equal(
@@ -128,8 +130,8 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
           c,
           'import random, os\n[random.random(), float(numpy.random.rand()), os.urandom(8).hex()]',
         );
-        const k = await c.agent.exec({ cmd: 'head -c 16 /dev/urandom | od -An -tx1' });
-        const js = await c.agent.eval({ code: 'Math.random()', language: 'js' });
+        const k = await (await c.guest.agent()).exec({ cmd: 'head -c 16 /dev/urandom | od -An -tx1' });
+        const js = await c.guest.eval({ code: 'Math.random()', language: 'js' });
         return { py: p.result_json as unknown[], kernel: k.stdout, js: js.result };
       }),
     );
@@ -150,33 +152,60 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     const [a, b] = children;
     await py(a!, 'x = 41');
     assert.equal((await py(a!, 'x + 1')).result_json, 42);
-    const leak = await b!.agent.eval({ code: 'x' });
+    const leak = await b!.guest.eval({ code: 'x' });
     assert.equal(leak.ok, false);
     assert.equal(leak.error?.type, 'NameError');
     assert.match(leak.error!.traceback, /NameError: name 'x' is not defined/);
     const printed = await py(a!, 'print("hello"); y = [1, 2]\ny');
     assert.equal(printed.stdout, 'hello\n');
     assert.deepEqual(printed.result_json, [1, 2]);
-    const js1 = await a!.agent.eval({ code: 'let counter = 5; counter * 2', language: 'js' });
+    const js1 = await a!.guest.eval({ code: 'let counter = 5; counter * 2', language: 'js' });
     assert.equal(js1.result_json, 10);
-    assert.equal((await a!.agent.eval({ code: 'counter + 1', language: 'js' })).result_json, 6);
+    assert.equal((await a!.guest.eval({ code: 'counter + 1', language: 'js' })).result_json, 6);
   });
 
   it('eval errors come back with a traceback; timeouts interrupt the interpreter, which survives', async () => {
     const c = children[2]!;
-    const err = await c.agent.eval({ code: 'def f():\n    return 1/0\nf()' });
+    const err = await c.guest.eval({ code: 'def f():\n    return 1/0\nf()' });
     assert.equal(err.error?.type, 'ZeroDivisionError');
     assert.match(err.error!.traceback, /line 2, in f/);
-    const slow = await c.agent.eval({ code: 'import time\ntime.sleep(30)', timeout_ms: 500 });
+    const slow = await c.guest.eval({ code: 'import time\ntime.sleep(30)', timeout_ms: 500 });
     assert.equal(slow.ok, false);
     assert.equal(slow.error?.type, 'Timeout');
     assert.equal((await py(c, 'PARENT_TOKEN')).result_json, TOKEN, 'warm state survives the interruption');
   });
 
+  it("Python goes to the worker's own port; the agent's route reaches the same interpreter", async () => {
+    const c = children[2]!;
+    assert.ok(c.guest.hasPythonPort, 'a new snapshot gives its children the Python port');
+    assert.equal(loadSnapshot(TAG).meta.machine.python_port, true);
+    const py1 = await c.guest.python()!;
+    const direct = await py1.eval({ code: 'import os\nzz = os.getpid(); zz' });
+    const viaAgent = await (await c.guest.agent()).eval({ code: 'zz' });
+    assert.equal(viaAgent.result_json, direct.result_json, 'one interpreter behind both channels');
+    const ping = await (await c.guest.agent()).ping();
+    assert.equal(ping.sandbox_id, c.report.id, 'the agent knows the identity the worker applied');
+  });
+
+  it('code that swallows its timeout is ended; the host is told and the next eval gets a new worker', async () => {
+    const c = children[2]!;
+    const stubborn =
+      'import time\nwhile True:\n    try:\n        time.sleep(60)\n    except BaseException:\n        pass';
+    await assert.rejects(
+      c.guest.eval({ code: stubborn, timeout_ms: 300 }),
+      /Python worker restarted/,
+      'the hard kill comes 5 s after the timeout',
+    );
+    const after = await c.guest.eval({ code: '6 * 7' });
+    assert.equal(after.result_json, 42);
+  });
+
   it('exec: argv, env, cwd, stdin, streaming, exit codes and signals', async () => {
     const c = children[1]!;
     const streamed: string[] = [];
-    const r = await c.agent.exec(
+    const r = await (
+      await c.guest.agent()
+    ).exec(
       {
         argv: ['sh', '-c', 'echo "$GREETING from $(pwd)"; read l; echo "got $l" >&2; exit 3'],
         env: { GREETING: 'hi' },
@@ -191,26 +220,29 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
     assert.equal(r.stderr, 'got line\n');
     assert.equal(r.exit_code, 3);
     assert.deepEqual(streamed, ['hi from /tmp\n']);
-    const sig = await c.agent.exec({ cmd: 'kill -TERM $$' });
+    const sig = await (await c.guest.agent()).exec({ cmd: 'kill -TERM $$' });
     assert.equal(sig.signal, 'SIGTERM');
-    await assert.rejects(c.agent.exec({ argv: ['/no/such/binary'] }), /not found/);
+    await assert.rejects((await c.guest.agent()).exec({ argv: ['/no/such/binary'] }), /not found/);
   });
 
   it('exec timeout kills the whole process group', async () => {
     const c = children[1]!;
-    const r = await c.agent.exec({ cmd: 'sleep 301 & sleep 302; echo never', timeout_ms: 800 });
+    const r = await (
+      await c.guest.agent()
+    ).exec({ cmd: 'sleep 301 & sleep 302; echo never', timeout_ms: 800 });
     assert.equal(r.timed_out, true);
     assert.equal(r.signal, 'SIGKILL');
     assert.ok(!r.stdout.includes('never'));
-    const left = await c.agent.exec({ cmd: 'ps -eo args | grep -c "^sleep 30[12]" || true' });
+    const left = await (await c.guest.agent()).exec({ cmd: 'ps -eo args | grep -c "^sleep 30[12]" || true' });
     assert.equal(left.stdout.trim(), '0', 'the background sleep died with its group');
   });
 
-  it('many concurrent requests share one channel', async () => {
+  it('many concurrent requests share the channels (exec on the agent, eval on the Python port)', async () => {
     const c = children[0]!;
+    const agent = await c.guest.agent();
     const rs = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
-        i % 2 ? c.agent.exec({ cmd: `echo ${i}` }) : c.agent.eval({ code: `${i} * 2` }),
+        i % 2 ? agent.exec({ cmd: `echo ${i}` }) : c.guest.eval({ code: `${i} * 2` }),
       ),
     );
     rs.forEach((r, i) => {
@@ -222,7 +254,7 @@ describe('core runtime on real VMs', { timeout: 30 * 60_000 }, () => {
   it('the agent survives the host disconnecting and reconnecting, even mid-request', async () => {
     const c = children[0]!;
     const sock = c.vm.agentSocket;
-    c.agent.close(); // QEMU serves one client per socket at a time: release the owner's connection
+    (await c.guest.agent()).close(); // QEMU serves one client per socket at a time: release the owner's connection
     const first = await AgentClient.connect(sock);
     void first.exec({ cmd: 'sleep 1; echo late' }).catch(() => undefined); // abandoned in flight
     await new Promise((r) => setTimeout(r, 300));

@@ -179,9 +179,9 @@ export const sandboxRoutes =
       { schema: { tags: ['sandboxes'], params: IdParams, body: EvalBody } },
       async (req) => {
         const b = req.body;
-        const agent = await ctl.sandboxes.agent(req.params.id);
+        const guest = ctl.sandboxes.get(req.params.id).guest;
         const t0 = performance.now();
-        const r = await agent.eval({
+        const r = await guest.eval({
           code: b.code,
           language: b.language,
           ...(b.context ? { context: b.context } : {}),

@@ -4,6 +4,18 @@ import type { Identity, IdentityResult } from '../../protocol/agent-api.js';
 import type { PythonWorker } from './python.js';
 import { resetRandomPools } from './jseval.js';
 
+/** Who this child is: written by whoever applies its identity (often the Python worker, directly). */
+const SANDBOX_ID_FILE = '/run/forkd-sandbox-id';
+
+/** The sandbox id of the last identity applied in this guest, or null (a parent, or none yet). */
+export function currentSandboxId(): string | null {
+  try {
+    return fs.readFileSync(SANDBOX_ID_FILE, 'utf8').slice(0, 128) || null;
+  } catch {
+    return null;
+  }
+}
+
 export function validateIdentity(b: Partial<Identity>): string | undefined {
   if (typeof b.sandbox_id !== 'string' || !/^[A-Za-z0-9_.-]{1,128}$/.test(b.sandbox_id))
     return 'bad "sandbox_id"';
@@ -35,6 +47,7 @@ export async function applyIdentity(id: Identity, python: PythonWorker): Promise
   } else {
     fs.writeFileSync('/dev/urandom', Buffer.from(id.seed_hex, 'hex'));
     fs.writeFileSync('/proc/sys/kernel/hostname', id.hostname);
+    fs.writeFileSync(SANDBOX_ID_FILE, id.sandbox_id);
     if (!fs.lstatSync('/etc/hostname', { throwIfNoEntry: false })?.isSymbolicLink())
       fs.writeFileSync('/etc/hostname', id.hostname + '\n');
     const ns = BigInt(id.time_unix_ns);

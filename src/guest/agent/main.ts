@@ -17,8 +17,8 @@ import type {
 import { PortTransport, findPortDevice } from './port.js';
 import { runExec, validateExec } from './exec.js';
 import { PythonWorker } from './python.js';
-import { evalJs } from './jseval.js';
-import { applyIdentity, validateIdentity } from './identity.js';
+import { evalJs, resetRandomPools } from './jseval.js';
+import { applyIdentity, currentSandboxId, validateIdentity } from './identity.js';
 import {
   checkPath,
   listRoute,
@@ -31,13 +31,10 @@ import {
 
 const PORT_NAME = 'org.forkd.agent';
 const MAX_BODY = 64 << 20;
-let sandboxId: string | null = null;
 
 function log(msg: string): void {
   process.stderr.write(`forkd-agent: ${msg}\n`);
 }
-
-const python = new PythonWorker(log);
 
 type Stream = http2.ServerHttp2Stream;
 
@@ -122,7 +119,7 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
         pid: process.pid,
         uptime_s: Math.round(os.uptime() * 100) / 100,
         hostname: os.hostname(),
-        sandbox_id: sandboxId,
+        sandbox_id: currentSandboxId(),
         node_version: process.version,
         python: python.info,
         epoch: transport.currentEpoch,
@@ -134,7 +131,6 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       if (err) return sendJson(stream, 400, { error: err });
       try {
         const res = await applyIdentity(body as unknown as Identity, python);
-        sandboxId = (body as unknown as Identity).sandbox_id;
         return sendJson(stream, 200, res);
       } catch (e) {
         return sendJson(stream, 500, { error: `identity: ${(e as Error).message}` });
@@ -222,10 +218,14 @@ if (!dev) {
 }
 const fd = fs.openSync(dev, 'r+');
 const transport = new PortTransport(fd);
+const python = new PythonWorker(log, fd);
 transport.on('warn', (m: string) => log(m));
 transport.on('session', (session, epoch: number) => {
   // A new host connection: drop the old HTTP/2 session (streams, HPACK state, windows) entirely.
   currentSession?.destroy();
+  // A child's first connection can come after its identity went straight to the Python worker: never
+  // serve it bytes pooled before the snapshot (they would be the same in every child).
+  resetRandomPools();
   currentSession = undefined;
   server.emit('connection', session);
   if (epoch <= 3 || epoch % 100 === 0) log(`host session ${epoch}`);

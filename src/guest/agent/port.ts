@@ -42,8 +42,11 @@ export class PortTransport extends EventEmitter {
   private session: SessionStream | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
   private lastNonce: Buffer | undefined;
+  /** SIGIOs seen; once one came, the port is armed (see armSignals) and waiting need not poll. */
+  private sigio = 0;
+  private onSigio: (() => void) | undefined;
 
-  constructor(private readonly fd: number) {
+  constructor(readonly fd: number) {
     super();
   }
 
@@ -53,14 +56,43 @@ export class PortTransport extends EventEmitter {
 
   /** Start reading, after telling a host that may still hold a session with a previous agent. */
   start(): void {
+    // Installed before anything may arm the port: SIGIO's default action ends the process.
+    process.on('SIGIO', () => {
+      this.sigio++;
+      this.onSigio?.();
+    });
     this.enqueue(this.epoch, STARTED, () => {});
     void this.readLoop();
+  }
+
+  /**
+   * Wait for a host. While none is connected the port reads as end-of-file at once, so without help
+   * this is a poll every 20 ms, and under TCG each of those wake-ups in a freshly forked child runs
+   * guest code its QEMU must translate first, ahead of the child's first answer. Once the port is armed
+   * (O_ASYNC with this process as owner: Node cannot set that itself, the Python worker does it on the
+   * fd it inherits, python.ts) the kernel signals SIGIO when a host opens the port, and this waits for
+   * that, looking again every 10 s in case a signal was missed. `seen` is the count before the read
+   * that found no host, so a signal that came during that read is not waited for.
+   */
+  private waitForHost(seen: number): Promise<void> {
+    if (this.sigio === 0) return sleep(20).then(() => {});
+    if (this.sigio !== seen) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.onSigio = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, 10_000);
+      this.onSigio = done;
+    });
   }
 
   private async readLoop(): Promise<void> {
     const buf = Buffer.allocUnsafe(256 * 1024);
     for (;;) {
       let n: number;
+      const seen = this.sigio;
       try {
         n = await new Promise<number>((resolve, reject) =>
           fs.read(this.fd, buf, 0, buf.length, null, (err, bytes) => (err ? reject(err) : resolve(bytes))),
@@ -71,8 +103,7 @@ export class PortTransport extends EventEmitter {
         continue;
       }
       if (n === 0) {
-        // No host connected: read() returns EOF immediately, every time. Poll gently.
-        await sleep(20);
+        await this.waitForHost(seen);
         continue;
       }
       this.onBytes(Buffer.from(buf.subarray(0, n)));

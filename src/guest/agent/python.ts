@@ -24,6 +24,8 @@ export class PythonWorker {
 
   constructor(
     private readonly log: (msg: string) => void,
+    /** The agent's port fd, handed to the worker so that it arms it for SIGIO (port.ts waitForHost). */
+    private readonly agentPortFd: number | undefined,
     private readonly script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'pyworker.py'),
   ) {}
 
@@ -33,8 +35,19 @@ export class PythonWorker {
       return;
     }
     const proc = spawn('/usr/bin/python3', ['-u', this.script], {
-      stdio: ['ignore', 'inherit', 'inherit', 'pipe', 'pipe'],
-      env: { ...BASE_ENV, PYTHONDONTWRITEBYTECODE: '1' },
+      stdio: [
+        'ignore',
+        'inherit',
+        'inherit',
+        'pipe',
+        'pipe',
+        ...(this.agentPortFd === undefined ? [] : [this.agentPortFd]),
+      ],
+      env: {
+        ...BASE_ENV,
+        PYTHONDONTWRITEBYTECODE: '1',
+        ...(this.agentPortFd === undefined ? {} : { FORKD_AGENT_PORT_FD: '5' }),
+      },
       cwd: '/root',
     });
     this.proc = proc;
