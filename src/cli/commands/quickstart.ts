@@ -1,7 +1,10 @@
 import type { Command } from 'commander';
 import { setupHost } from '../../host/setup.js';
 import { createSnapshot } from '../../snapshot/create.js';
-import { snapshotExists } from '../../snapshot/store.js';
+import { loadSnapshot, snapshotExists } from '../../snapshot/store.js';
+import { deleteSnapshot, dependentsOf } from '../../snapshot/lineage.js';
+import { buildImage } from '../../image/build.js';
+import type { Reporter } from '../../util/report.js';
 import { fork } from '../../fork/fork.js';
 import { stderrReporter } from '../../util/report.js';
 import { ms } from '../../util/format.js';
@@ -21,7 +24,7 @@ export function registerQuickstart(program: Command): void {
       try {
         const rep = stderrReporter();
         await setupHost({ yes: Boolean(o.yes) }, rep);
-        if (snapshotExists(o.tag)) rep.ok(`reusing snapshot '${o.tag}'`);
+        if (await reusable(o.tag, o.recipe, rep)) rep.ok(`reusing snapshot '${o.tag}'`);
         else await createSnapshot({ tag: o.tag, recipe: o.recipe }, rep);
         const r = await fork({ tag: o.tag, n: o.n, eval: 'numpy.zeros(5).tolist()' }, rep);
         for (const c of r.children)
@@ -41,4 +44,26 @@ export function registerQuickstart(program: Command): void {
         fail(e, false);
       }
     });
+}
+
+/**
+ * Whether the quickstart's own snapshot can be forked as it is. One made from another guest image (an
+ * older forkd's agent, another recipe) would still fork, but without what the current image brings
+ * (a faster first answer, fixes), so it is made again, unless other snapshots build on it.
+ */
+async function reusable(tag: string, recipe: string, rep: Reporter): Promise<boolean> {
+  if (!snapshotExists(tag)) return false;
+  const meta = loadSnapshot(tag).meta;
+  const image = await buildImage({ recipe }, rep);
+  if (meta.guest.image_key === image.key && meta.guest.recipe === recipe) return true;
+  const deps = dependentsOf(tag);
+  if (deps.length) {
+    rep.warn(
+      `snapshot '${tag}' was made from another guest image, but ${deps.join(', ')} build on it: forking it as it is`,
+    );
+    return true;
+  }
+  rep.info(`snapshot '${tag}' was made from another guest image (an older forkd or recipe): making it again`);
+  deleteSnapshot(tag);
+  return false;
 }
