@@ -8,7 +8,9 @@ import { commandExists, memAvailableMib } from '../util/proc.js';
 import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
 import { listImages } from '../image/build.js';
 import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
-import { hostKind, probeAccel, validCachedProbe } from './accel.js';
+import { hostKind, kvmOpenError, probeAccel, validCachedProbe } from './accel.js';
+import { kvmCpuModel } from './kvm-cpu.js';
+import { KVM_CPU } from '../vmm/qemu-argv.js';
 import { hostSpeed } from '../util/host-speed.js';
 import { hostTsc } from './tsc.js';
 
@@ -85,6 +87,18 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
     out.push(
       check('kvm', 'SKIP', kind.detail, 'run: forkd parent build --recipe python-numpy (then doctor probes)'),
     );
+  if (haveQemu && !kvmOpenError()) {
+    const cpu = await kvmCpuModel();
+    out.push(
+      check(
+        'kvm cpu',
+        'PASS',
+        cpu === KVM_CPU
+          ? `-cpu ${cpu}`
+          : `-cpu ${cpu} (this host's KVM refuses the IA32_ARCH_CAPABILITIES MSR that QEMU sets for -cpu ${KVM_CPU})`,
+      ),
+    );
+  }
   if (process.env.FORKD_ACCEL) {
     out.push(
       check(
