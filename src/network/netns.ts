@@ -28,16 +28,28 @@ export function netFor(id: string, index: number): ChildNet {
   return {
     netns: `forkd-${id}`,
     index,
-    hostVeth: `fkh${index.toString(36)}`,
+    hostVeth: hostVethName(index),
     hostAddr: a(1),
     nsAddr: a(2),
   };
 }
 
-/** Smallest index not used by a live sandbox. */
-export function allocIndex(used: Iterable<number>): number {
+function hostVethName(index: number): string {
+  return `fkh${index.toString(36)}`;
+}
+
+/** Whether slot `index`'s host veth exists: another daemon or fork on this host holds the slot. */
+function slotHeldOnHost(index: number): boolean {
+  return fs.existsSync(`/sys/class/net/${hostVethName(index)}`);
+}
+
+/**
+ * Smallest index not used by a live sandbox of ours, nor held on this host by anyone else (a second
+ * daemon with its own state shares the host's namespace, addresses and link names).
+ */
+export function allocIndex(used: Iterable<number>, heldOnHost = slotHeldOnHost): number {
   const set = new Set(used);
-  for (let i = 0; i <= MAX_INDEX; i++) if (!set.has(i)) return i;
+  for (let i = 0; i <= MAX_INDEX; i++) if (!set.has(i) && !heldOnHost(i)) return i;
   throw new ForkdError('out_of_space', 'all 16384 per-sandbox network slots are in use');
 }
 
