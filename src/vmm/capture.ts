@@ -1,6 +1,6 @@
-import fs from 'node:fs';
 import { ForkdError } from '../util/errors.js';
-import { QemuVmm, shellQuote, waitMigration, type QemuVm } from './qemu.js';
+import { QemuVmm, waitMigration, type QemuVm } from './qemu.js';
+import { shellQuote } from './qemu-argv.js';
 import type { MachineConfig } from './types.js';
 import { openStreamSink, type StreamSink } from './stream-sink.js';
 
@@ -137,11 +137,17 @@ export async function normalizeStream(opts: {
     await waitMigration(qmp, 600_000, () => vm.qemuLog());
     const t1 = performance.now();
     await setCaps(vm, { 'x-ignore-shared': true });
-    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(opts.vmstateOut)}` });
-    await waitMigration(qmp, 120_000);
+    const sink = await openStreamSink(vm.workDir, opts.vmstateOut);
+    try {
+      await qmp.execute('migrate', { uri: sink.uri });
+      await waitMigration(qmp, 120_000);
+    } catch (e) {
+      sink.close();
+      throw e;
+    }
+    const size = await sink.written;
     const t2 = performance.now();
-    if (fs.statSync(opts.vmstateOut).size === 0)
-      throw new ForkdError('vmm_failed', 'normalizer wrote an empty vmstate');
+    if (size === 0) throw new ForkdError('vmm_failed', 'normalizer wrote an empty vmstate');
     return { loadMs: t1 - t0, saveMs: t2 - t1 };
   } catch (e) {
     const log = vm.qemuLog();

@@ -149,3 +149,8 @@ export function childArgs(m: MachineConfig, p: QemuPaths): string[] {
 export function escapeOpt(v: string): string {
   return v.replaceAll(',', ',,');
 }
+
+/** Quote a value for /bin/sh (QEMU runs `exec:` migration URIs through it). */
+export function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}

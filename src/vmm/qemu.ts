@@ -1,3 +1,4 @@
+import { openStreamSink } from './stream-sink.js';
 import { scaledMs } from '../util/host-speed.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -243,10 +244,17 @@ export class QemuVmm implements Vmm<QemuVm> {
       capabilities: [{ capability: 'x-ignore-shared', state: true }],
     });
     // Outgoing `fd:` needs SCM_RIGHTS (getfd), which Node sockets cannot send; exec a writer instead.
-    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(vmstateFile)}` });
-    await waitMigration(qmp, 120_000);
+    const sink = await openStreamSink(vm.workDir, vmstateFile);
+    try {
+      await qmp.execute('migrate', { uri: sink.uri });
+      await waitMigration(qmp, 120_000);
+    } catch (e) {
+      sink.close();
+      throw e;
+    }
+    const vmstateBytes = await sink.written;
     const pauseMs = performance.now() - t0;
-    return { pauseMs, stopMs: tStop - t0, vmstateBytes: fs.statSync(vmstateFile).size };
+    return { pauseMs, stopMs: tStop - t0, vmstateBytes };
   }
 
   /**
@@ -372,8 +380,4 @@ export async function waitMigration(
     await sleep(delay);
     delay = Math.min(delay * 2, 20);
   }
-}
-
-export function shellQuote(s: string): string {
-  return `'${s.replaceAll("'", `'\\''`)}'`;
 }

@@ -3,14 +3,22 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { runOk } from '../util/proc.js';
-import { shellQuote } from './qemu.js';
+import { shellQuote } from './qemu-argv.js';
 
 /**
- * Where an outgoing migration stream (a branch's RAM + device state) is written. QEMU's `exec:` writer
- * is its own child, inside the sandbox's memory cgroup, and a file written to tmpfs is charged to its
- * writer: a workspace with a memory limit was OOM-killed by its own suspend. So QEMU's writer only
- * fills a FIFO, and a `cat` started by forkd (outside the sandbox's cgroup) writes the file. Two plain
- * `cat`s keep the throughput of one (a stream through Node's event loop was 4× slower).
+ * Where an outgoing migration stream (device state, or a branch's RAM + device state) is written.
+ *
+ * QEMU's `exec:` writer is its own child, inside the sandbox's memory cgroup, and a file written to
+ * tmpfs is charged to its writer: a workspace with a memory limit was OOM-killed by its own suspend. So
+ * QEMU's writer only fills a FIFO, and a `cat` started by forkd (outside the sandbox's cgroup) writes
+ * the file; it exits when the stream ends, so `written` resolves only once the file is complete. Two
+ * plain `cat`s keep the throughput of one (a stream through Node's event loop was 4× slower).
+ *
+ * QEMU's writer must not be its direct child: when the migration completes QEMU closes the pipe and, if
+ * that child has not exited yet, SIGTERMs it and 10 ms later SIGKILLs it (io/channel-command.c), so a
+ * writer still copying the last bytes is killed with them. On a slow host this left an empty device
+ * state. So the shell QEMU starts backgrounds the copy (on the pipe, kept as fd 3: an asynchronous
+ * command's stdin is /dev/null) and exits at once; the copy then runs to the end of the stream.
  */
 export interface StreamSink {
   /** The `migrate` URI. */
@@ -41,7 +49,7 @@ export async function openStreamSink(workDir: string, file: string): Promise<Str
   });
   written.catch(() => {});
   return {
-    uri: `exec:cat > ${shellQuote(fifo)}`,
+    uri: `exec:exec 3<&0; cat <&3 >${shellQuote(fifo)} 3<&- &`,
     written,
     close: () => {
       if (writer.exitCode === null) writer.kill('SIGKILL');

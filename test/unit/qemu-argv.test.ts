@@ -1,7 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { childArgs, escapeOpt, machineArgs, parentArgs } from '../../src/vmm/qemu-argv.js';
-import { shellQuote } from '../../src/vmm/qemu.js';
+import { childArgs, escapeOpt, machineArgs, parentArgs, shellQuote } from '../../src/vmm/qemu-argv.js';
 
 const m = { accel: 'tcg' as const, vcpus: 1, memMib: 512, net: 'none' as const };
 const p = {
