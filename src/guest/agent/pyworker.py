@@ -123,7 +123,6 @@ class HostChannel:
         self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
         self.buf = b""
         self.session = False
-        self.last_nonce = None
         self.connected = True
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -152,35 +151,20 @@ class HostChannel:
             self.buf = b""
             return []
         self.buf += data
-        frame = len(HELLO) + NONCE_BYTES
-        while True:
-            at = self.buf.find(HELLO)
-            if at < 0:
-                break
-            if len(self.buf) - at < frame:
-                if not self.session:
-                    self.buf = self.buf[at:]
-                return self.complete_lines(before=at) if self.session else []
-            nonce = self.buf[at + len(HELLO) : at + frame]
-            if nonce == self.last_nonce:
-                # The host repeats its HELLO until answered: a repeat is not a new connection (and a
-                # second ACK inside the session would corrupt it). Drop the frame, keep the rest.
-                self.buf = self.buf[:at] + self.buf[at + frame :]
-                continue
-            self.last_nonce = nonce
-            self.buf = self.buf[at + frame :]
+        at = self.buf.rfind(HELLO)
+        if at >= 0:
+            if len(self.buf) - at < len(HELLO) + NONCE_BYTES:
+                self.buf = self.buf[at:]
+                return []
+            nonce = self.buf[at + len(HELLO) : at + len(HELLO) + NONCE_BYTES]
+            self.buf = self.buf[at + len(HELLO) + NONCE_BYTES :]
             self.session = True
             self.write_out(ACK + nonce)
-        if not self.session:
-            self.buf = self.buf[-frame:]
+        elif not self.session:
+            self.buf = self.buf[-(len(HELLO) + NONCE_BYTES) :]
             return []
-        return self.complete_lines(before=len(self.buf))
-
-    def complete_lines(self, before):
-        """The complete lines in buf[:before] (a HELLO still arriving may follow them)."""
-        head, rest = self.buf[:before], self.buf[before:]
-        out = head.split(b"\n")
-        self.buf = out.pop() + rest
+        out = self.buf.split(b"\n")
+        self.buf = out.pop()
         if len(self.buf) > MAX_LINE:
             self.buf = b""
             self.session = False  # the host resyncs
