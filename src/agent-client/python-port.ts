@@ -1,10 +1,12 @@
 import type net from 'node:net';
 import type { z } from 'zod';
+import { ForkdError } from '../util/errors.js';
 import { scaledMs } from '../util/host-speed.js';
+import { connectUnix } from '../util/unix-socket.js';
 import type { EvalRequest, EvalResult, IdentityResult } from '../protocol/agent-api.js';
 import { AGENT_LIMITS, AgentError } from './client.js';
 import { identityFor } from './identity.js';
-import { connectResynced } from './resync-socket.js';
+import { resync } from './resync-socket.js';
 import { StartedWatch } from './started-watch.js';
 import { EvalResultSchema, firstIssue, IdentityResultSchema, PythonPingSchema } from './replies.js';
 
@@ -47,7 +49,19 @@ export class PythonPort {
     socketPath: string,
     opts: { timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<PythonPort> {
-    return new PythonPort(await connectResynced(socketPath, opts, "the guest's Python worker"));
+    const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
+    const sock = await connectUnix(socketPath, {
+      deadline,
+      retryMs: 5,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    try {
+      await resync(sock, deadline, opts.signal, "the guest's Python worker");
+    } catch (e) {
+      sock.destroy();
+      throw new ForkdError('agent_failed', (e as Error).message);
+    }
+    return new PythonPort(sock);
   }
 
   /** False once the session failed; a new connect resyncs. */

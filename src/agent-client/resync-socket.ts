@@ -1,8 +1,5 @@
 import type net from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { ForkdError } from '../util/errors.js';
-import { scaledMs } from '../util/host-speed.js';
-import { connectUnix } from '../util/unix-socket.js';
 import { findAck, helloFrame, NONCE_BYTES } from '../protocol/resync.js';
 
 /**
@@ -59,28 +56,4 @@ export async function resync(
     sock.write(hello);
   });
   sock.pause();
-}
-
-/**
- * Connect to a guest port's unix socket (retrying until QEMU serves it) and resync; the socket is paused
- * at the first byte of the new session. A failed handshake is an `agent_failed` error naming `peer`.
- */
-export async function connectResynced(
-  socketPath: string,
-  opts: { timeoutMs?: number; signal?: AbortSignal },
-  peer?: string,
-): Promise<net.Socket> {
-  const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
-  const sock = await connectUnix(socketPath, {
-    deadline,
-    retryMs: 5,
-    ...(opts.signal ? { signal: opts.signal } : {}),
-  });
-  try {
-    await resync(sock, deadline, opts.signal, peer);
-  } catch (e) {
-    sock.destroy();
-    throw new ForkdError('agent_failed', (e as Error).message);
-  }
-  return sock;
 }
