@@ -1,10 +1,8 @@
 import { scaledMs } from '../util/host-speed.js';
-import { connectUnix } from '../util/unix-socket.js';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Readable } from 'node:stream';
-import { ForkdError } from '../util/errors.js';
-import { resync } from './resync-socket.js';
+import { connectResynced } from './resync-socket.js';
 import { identityFor } from './identity.js';
 import { emptyExecResult } from '../protocol/agent-api.js';
 import type { z } from 'zod';
@@ -239,18 +237,7 @@ export class AgentClient {
     socketPath: string,
     opts: { timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<AgentClient> {
-    const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
-    const sock = await connectUnix(socketPath, {
-      deadline,
-      retryMs: 5,
-      ...(opts.signal ? { signal: opts.signal } : {}),
-    });
-    try {
-      await resync(sock, deadline, opts.signal);
-    } catch (e) {
-      sock.destroy();
-      throw new ForkdError('agent_failed', (e as Error).message);
-    }
+    const { sock } = await connectResynced(socketPath, opts);
     const wire = new AgentWire(sock);
     const session = http2.connect('http://forkd-agent', { createConnection: () => wire });
     return new AgentClient(session, sock, wire);

@@ -1,12 +1,11 @@
 import type net from 'node:net';
 import type { z } from 'zod';
-import { ForkdError } from '../util/errors.js';
 import { scaledMs } from '../util/host-speed.js';
-import { connectUnix } from '../util/unix-socket.js';
 import type { EvalRequest, EvalResult, IdentityResult } from '../protocol/agent-api.js';
 import { AGENT_LIMITS, AgentError } from './client.js';
 import { identityFor } from './identity.js';
-import { resync } from './resync-socket.js';
+import { connectResynced } from './resync-socket.js';
+import { ackFrame } from '../protocol/resync.js';
 import { StartedWatch } from './started-watch.js';
 import { EvalResultSchema, firstIssue, IdentityResultSchema, PythonPingSchema } from './replies.js';
 
@@ -37,8 +36,19 @@ export class PythonPort {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private readonly started = new StartedWatch();
+  /**
+   * Until the first reply byte: this session's ACK, which the worker in a snapshot made by an earlier
+   * forkd sends again for each repeated HELLO (the host resends it until answered), and the bytes held
+   * because they may be the start of one.
+   */
+  private repeatAck: Buffer | undefined;
+  private held: Buffer = Buffer.alloc(0);
 
-  private constructor(private readonly sock: net.Socket) {
+  private constructor(
+    private readonly sock: net.Socket,
+    nonce: Buffer,
+  ) {
+    this.repeatAck = ackFrame(nonce);
     sock.on('data', (d: Buffer) => this.onData(d));
     sock.on('close', () => this.markLost('the python socket closed (QEMU exited?)'));
     sock.on('error', (e) => this.markLost(`the python socket failed: ${e.message}`));
@@ -49,19 +59,8 @@ export class PythonPort {
     socketPath: string,
     opts: { timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<PythonPort> {
-    const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
-    const sock = await connectUnix(socketPath, {
-      deadline,
-      retryMs: 5,
-      ...(opts.signal ? { signal: opts.signal } : {}),
-    });
-    try {
-      await resync(sock, deadline, opts.signal, "the guest's Python worker");
-    } catch (e) {
-      sock.destroy();
-      throw new ForkdError('agent_failed', (e as Error).message);
-    }
-    return new PythonPort(sock);
+    const { sock, nonce } = await connectResynced(socketPath, opts, "the guest's Python worker");
+    return new PythonPort(sock, nonce);
   }
 
   /** False once the session failed; a new connect resyncs. */
@@ -91,6 +90,16 @@ export class PythonPort {
     if (this.started.seen(d)) {
       this.markLost("the guest's Python worker restarted (its variables and imports are gone)");
       return;
+    }
+    if (this.repeatAck) {
+      const r = skipRepeatedAcks(Buffer.concat([this.held, d]), this.repeatAck);
+      if (r.undecided) {
+        this.held = r.rest;
+        return;
+      }
+      this.repeatAck = undefined;
+      this.held = Buffer.alloc(0);
+      d = r.rest;
     }
     let start = 0;
     let nl: number;
@@ -196,4 +205,17 @@ export class PythonPort {
       guard,
     );
   }
+}
+
+/**
+ * Drop whole copies of `ack` at the start of `buf`. `undecided` when what is left could still be the
+ * start of another copy (a reply line starts with '{', never with the ACK's first byte).
+ */
+export function skipRepeatedAcks(buf: Buffer, ack: Buffer): { rest: Buffer; undecided: boolean } {
+  let at = 0;
+  while (buf.length - at >= ack.length && buf.compare(ack, 0, ack.length, at, at + ack.length) === 0)
+    at += ack.length;
+  const rest = buf.subarray(at);
+  const undecided = rest.length < ack.length && ack.compare(rest, 0, rest.length, 0, rest.length) === 0;
+  return { rest, undecided };
 }

@@ -1,18 +1,22 @@
 import type net from 'node:net';
 import { randomBytes } from 'node:crypto';
+import { ForkdError } from '../util/errors.js';
+import { scaledMs } from '../util/host-speed.js';
+import { connectUnix } from '../util/unix-socket.js';
 import { findAck, helloFrame, NONCE_BYTES } from '../protocol/resync.js';
 
 /**
  * Send HELLO+nonce and discard input until the guest's ACK+nonce. Resolves with the socket positioned
- * at the first byte of the new session. Resends the HELLO periodically: a guest that is still booting
- * does not read the port yet, and bytes written before it opened the port may be lost.
+ * at the first byte of the new session, and with the session's nonce. Resends the HELLO periodically: a
+ * guest that is still booting does not read the port yet, and bytes written before it opened the port
+ * may be lost.
  */
 export async function resync(
   sock: net.Socket,
   deadline: number,
   signal?: AbortSignal,
   peer = 'the guest agent',
-): Promise<void> {
+): Promise<Buffer> {
   const nonce = randomBytes(NONCE_BYTES);
   const hello = helloFrame(nonce);
   let acc = Buffer.alloc(0);
@@ -56,4 +60,28 @@ export async function resync(
     sock.write(hello);
   });
   sock.pause();
+  return nonce;
+}
+
+/**
+ * Connect to a guest port's unix socket (retrying until QEMU serves it) and resync; the socket is paused
+ * at the first byte of the new session. A failed handshake is an `agent_failed` error naming `peer`.
+ */
+export async function connectResynced(
+  socketPath: string,
+  opts: { timeoutMs?: number; signal?: AbortSignal },
+  peer?: string,
+): Promise<{ sock: net.Socket; nonce: Buffer }> {
+  const deadline = Date.now() + scaledMs(opts.timeoutMs ?? 10_000);
+  const sock = await connectUnix(socketPath, {
+    deadline,
+    retryMs: 5,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  try {
+    return { sock, nonce: await resync(sock, deadline, opts.signal, peer) };
+  } catch (e) {
+    sock.destroy();
+    throw new ForkdError('agent_failed', (e as Error).message);
+  }
 }

@@ -1,5 +1,5 @@
 import { ForkdError } from '../util/errors.js';
-import { QemuVmm, waitMigration, type QemuVm } from './qemu.js';
+import { migrateToFile, QemuVmm, waitMigration, type QemuVm } from './qemu.js';
 import { shellQuote } from './qemu-argv.js';
 import type { MachineConfig } from './types.js';
 import { openStreamSink, type StreamSink } from './stream-sink.js';
@@ -137,15 +137,7 @@ export async function normalizeStream(opts: {
     await waitMigration(qmp, 600_000, () => vm.qemuLog());
     const t1 = performance.now();
     await setCaps(vm, { 'x-ignore-shared': true });
-    const sink = await openStreamSink(vm.workDir, opts.vmstateOut);
-    try {
-      await qmp.execute('migrate', { uri: sink.uri });
-      await waitMigration(qmp, 120_000);
-    } catch (e) {
-      sink.close();
-      throw e;
-    }
-    const size = await sink.written;
+    const size = await migrateToFile(vm, opts.vmstateOut, 120_000);
     const t2 = performance.now();
     if (size === 0) throw new ForkdError('vmm_failed', 'normalizer wrote an empty vmstate');
     return { loadMs: t1 - t0, saveMs: t2 - t1 };

@@ -243,16 +243,7 @@ export class QemuVmm implements Vmm<QemuVm> {
     await qmp.execute('migrate-set-capabilities', {
       capabilities: [{ capability: 'x-ignore-shared', state: true }],
     });
-    // Outgoing `fd:` needs SCM_RIGHTS (getfd), which Node sockets cannot send; exec a writer instead.
-    const sink = await openStreamSink(vm.workDir, vmstateFile);
-    try {
-      await qmp.execute('migrate', { uri: sink.uri });
-      await waitMigration(qmp, 120_000);
-    } catch (e) {
-      sink.close();
-      throw e;
-    }
-    const vmstateBytes = await sink.written;
+    const vmstateBytes = await migrateToFile(vm, vmstateFile, 120_000);
     const pauseMs = performance.now() - t0;
     return { pauseMs, stopMs: tStop - t0, vmstateBytes };
   }
@@ -357,6 +348,23 @@ function restoreError(e: unknown, vm: QemuVm): ForkdError {
 }
 
 /** Poll query-migrate until the migration (either direction) completes. */
+/**
+ * Run an outgoing migration into `file` (with the capabilities already set) and resolve with its size
+ * once the file is complete. Outgoing `fd:` needs SCM_RIGHTS (getfd), which Node sockets cannot send,
+ * so the stream goes through an `exec:` writer into the stream sink.
+ */
+export async function migrateToFile(vm: QemuVm, file: string, timeoutMs: number): Promise<number> {
+  const sink = await openStreamSink(vm.workDir, file);
+  try {
+    await vm.qmp!.execute('migrate', { uri: sink.uri });
+    await waitMigration(vm.qmp!, timeoutMs);
+  } catch (e) {
+    sink.close();
+    throw e;
+  }
+  return sink.written;
+}
+
 export async function waitMigration(
   qmp: QmpClient,
   refTimeoutMs: number,

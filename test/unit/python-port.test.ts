@@ -9,13 +9,17 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { PythonPort } from '../../src/agent-client/python-port.js';
+import { PythonPort, skipRepeatedAcks } from '../../src/agent-client/python-port.js';
 import { ACK, HELLO, HelloScanner, STARTED, ackFrame } from '../../src/protocol/resync.js';
 
 type Reply = (req: Record<string, unknown>, sock: net.Socket) => void;
 
-/** Answers each JSON line with `reply`, after the HELLO/ACK handshake. */
-function fakeWorker(socketPath: string, reply: Reply): net.Server {
+/** Answers each JSON line with `reply`, after the HELLO/ACK handshake (then calls `afterAck`). */
+function fakeWorker(
+  socketPath: string,
+  reply: Reply,
+  afterAck?: (sock: net.Socket, nonce: Buffer) => void,
+): net.Server {
   return net.createServer((sock) => {
     sock.on('error', () => {});
     const scanner = new HelloScanner();
@@ -27,6 +31,7 @@ function fakeWorker(socketPath: string, reply: Reply): net.Server {
         if (!r.hello) return;
         inSession = true;
         sock.write(ackFrame(r.hello.nonce));
+        afterAck?.(sock, r.hello.nonce);
         d = r.hello.rest;
       }
       buf += d.toString('utf8');
@@ -51,9 +56,9 @@ describe('PythonPort (host side of the Python worker port)', () => {
     for (const s of servers) s.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  async function serve(reply: Reply): Promise<string> {
+  async function serve(reply: Reply, afterAck?: (sock: net.Socket, nonce: Buffer) => void): Promise<string> {
     const p = path.join(dir, `py${n++}.sock`);
-    const s = fakeWorker(p, reply);
+    const s = fakeWorker(p, reply, afterAck);
     servers.push(s);
     await new Promise<void>((r) => s.listen(p, r));
     return p;
@@ -71,6 +76,34 @@ describe('PythonPort (host side of the Python worker port)', () => {
     assert.equal(a.result, "'slow'");
     assert.equal(b.result_json, 2);
     py.close();
+  });
+
+  it("skips the session's ACK repeated before the first reply (workers in older snapshots), even split", async () => {
+    const p = await serve(
+      (req, sock) => sock.write(JSON.stringify({ ...EVAL_OK, id: req.id }) + '\n'),
+      (sock, nonce) => {
+        const ack = ackFrame(nonce);
+        sock.write(Buffer.concat([ack, ack.subarray(0, 5)]));
+        setTimeout(() => sock.write(ack.subarray(5)), 20);
+      },
+    );
+    const py = await PythonPort.connect(p);
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal((await py.eval({ code: '1+1' })).result_json, 2);
+    assert.equal((await py.eval({ code: '1+1' })).result_json, 2);
+    assert.equal(py.usable, true);
+    py.close();
+  });
+
+  it("skipRepeatedAcks drops only this session's ACK, and holds what may be the start of one", () => {
+    const ack = ackFrame(Buffer.alloc(16, 1));
+    assert.deepEqual(skipRepeatedAcks(Buffer.concat([ack, ack, Buffer.from('{')]), ack), {
+      rest: Buffer.from('{'),
+      undecided: false,
+    });
+    assert.equal(skipRepeatedAcks(ack.subarray(0, 3), ack).undecided, true);
+    assert.equal(skipRepeatedAcks(ackFrame(Buffer.alloc(16, 2)), ack).undecided, false);
+    assert.equal(skipRepeatedAcks(ackFrame(Buffer.alloc(16, 2)), ack).rest.length, ack.length);
   });
 
   it('fails the request, not the host, on a malformed or wrongly shaped reply', async () => {

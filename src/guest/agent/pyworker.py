@@ -113,16 +113,77 @@ def find_port(name, sys_dir="/sys/class/virtio-ports"):
     return None
 
 
+class HostFrames:
+    """Splits the host port's bytes into sessions and request lines (no I/O: the unit tests drive it).
+
+    A session starts at HELLO+nonce and is answered ACK+nonce; bytes before it belong to an older
+    connection (or none) and are dropped. The host resends its HELLO until it sees the ACK, so a HELLO
+    repeating the current session's nonce is not a new session: it is dropped and gets no second ACK,
+    which the host would otherwise read inside the session as a reply."""
+
+    FRAME = len(HELLO) + NONCE_BYTES
+
+    def __init__(self, max_line=MAX_LINE):
+        self.max_line = max_line
+        self.reset()
+
+    @property
+    def in_session(self):
+        return self.nonce is not None
+
+    def reset(self):
+        """The host went away."""
+        self.buf = bytearray()
+        self.nonce = None  # the current session's, or None outside a session
+        # Searched already: no HELLO starts before `scan`, no newline is before `line_scan`.
+        self.scan = 0
+        self.line_scan = 0
+
+    def feed(self, data):
+        """Returns (acks, lines): the ACK frames to write, in order, and the session's complete lines.
+        Linear in the input: a large eval arrives in many reads."""
+        self.buf += data
+        acks = []
+        at = self.buf.find(HELLO, self.scan)
+        while at >= 0 and len(self.buf) - at >= self.FRAME:
+            nonce = bytes(self.buf[at + len(HELLO) : at + self.FRAME])
+            if nonce == self.nonce:
+                del self.buf[at : at + self.FRAME]
+                self.line_scan = min(self.line_scan, at)
+            else:
+                del self.buf[: at + self.FRAME]
+                at = self.line_scan = 0
+                self.nonce = nonce
+                acks.append(ACK + nonce)
+            at = self.buf.find(HELLO, at)
+        # A HELLO still arriving (its nonce not all here) is searched again from its start.
+        self.scan = at if at >= 0 else max(0, len(self.buf) - (len(HELLO) - 1))
+        if not self.in_session:
+            del self.buf[: self.scan]  # keep only what may be the start of a HELLO
+            self.scan = self.line_scan = 0
+            return acks, []
+        upto = at if at >= 0 else len(self.buf)
+        last = self.buf.rfind(b"\n", self.line_scan, upto)
+        lines = []
+        if last >= 0:
+            lines = bytes(self.buf[:last]).split(b"\n")
+            del self.buf[: last + 1]
+            self.scan = max(0, self.scan - (last + 1))
+            upto -= last + 1
+        self.line_scan = upto
+        if len(self.buf) > self.max_line:
+            self.reset()  # no host sends that: it resyncs
+        return acks, lines
+
+
 class HostChannel:
-    """The host's own port. Each connection starts with HELLO+nonce, answered ACK+nonce (everything before
-    it belongs to an older connection and is dropped); then JSON lines both ways. While no host is
-    connected the port polls as hung up, so it is not watched then: the kernel signals SIGIO when a host
-    opens the port, and that signal wakes the loop (through Python's wakeup fd)."""
+    """The host's own port (HostFrames parses it). While no host is connected the port polls as hung up,
+    so it is not watched then: the kernel signals SIGIO when a host opens the port, and that signal wakes
+    the loop (through Python's wakeup fd)."""
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-        self.buf = b""
-        self.session = False
+        self.frames = HostFrames()
         self.connected = True
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -147,31 +208,15 @@ class HostChannel:
             return []
         if not data:
             self.connected = False
-            self.session = False
-            self.buf = b""
+            self.frames.reset()
             return []
-        self.buf += data
-        at = self.buf.rfind(HELLO)
-        if at >= 0:
-            if len(self.buf) - at < len(HELLO) + NONCE_BYTES:
-                self.buf = self.buf[at:]
-                return []
-            nonce = self.buf[at + len(HELLO) : at + len(HELLO) + NONCE_BYTES]
-            self.buf = self.buf[at + len(HELLO) + NONCE_BYTES :]
-            self.session = True
-            self.write_out(ACK + nonce)
-        elif not self.session:
-            self.buf = self.buf[-(len(HELLO) + NONCE_BYTES) :]
-            return []
-        out = self.buf.split(b"\n")
-        self.buf = out.pop()
-        if len(self.buf) > MAX_LINE:
-            self.buf = b""
-            self.session = False  # the host resyncs
-        return out
+        acks, lines = self.frames.feed(data)
+        for ack in acks:
+            self.write_out(ack)
+        return lines
 
     def send(self, msg):
-        if self.session:
+        if self.frames.in_session:
             self.write_out(json.dumps(msg).encode() + b"\n")
 
     def write_out(self, data):
