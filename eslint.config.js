@@ -37,7 +37,8 @@ const layerRules = LAYERS.map((folders, i) => {
 });
 
 export default tseslint.config(
-  { ignores: ['dist/', 'build-tmp/', 'node_modules/', 'bench-results/'] },
+  // Generated from proto/ by npm run gen:proto.
+  { ignores: ['dist/', 'build-tmp/', 'node_modules/', 'bench-results/', 'src/controller/e2b/gen/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   ...layerRules,

@@ -16,9 +16,13 @@ import {
   IdentityResultSchema,
   SettleResultSchema,
   PingSchema,
+  ProcListSchema,
+  EmptySchema,
   RemovedSchema,
 } from './replies.js';
+import { ProcEventStream } from './proc-stream.js';
 import { AgentWire } from './wire.js';
+import { AGENT_LIMITS, AgentError } from './errors.js';
 import type {
   EvalRequest,
   EvalResult,
@@ -30,38 +34,12 @@ import type {
   IdentityResult,
   SettleResult,
   PingResponse,
+  ProcInfo,
+  ProcSelector,
+  ProcStartRequest,
 } from '../protocol/agent-api.js';
 
-export class AgentError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    /** errno-style code from the guest (ENOENT, EISDIR, ...) where there is one */
-    readonly code?: string,
-  ) {
-    super(message);
-    this.name = 'AgentError';
-  }
-}
-
-/**
- * Bounds on what a guest may send in one reply. Whatever runs in the guest can answer in the agent's
- * place, so every size is capped: a reply past its cap fails that request with a named error (and the
- * session is dropped), never the host process.
- */
-export const AGENT_LIMITS = {
-  /** A JSON reply (eval results carry the code's stdout/stderr). */
-  replyBytes: 64 << 20,
-  /** One NDJSON line of an exec stream (the agent sends output in ≤64 KiB chunks). */
-  execLineBytes: 8 << 20,
-  /** stdout or stderr collected into an ExecResult; streamed events beyond it still reach onEvent. */
-  execOutputChars: 64 << 20,
-  /** An error message echoed from the guest. */
-  errorChars: 4096,
-  /** Liveness pings while requests are in flight; generous, for a loaded TCG host. */
-  pingIntervalMs: 10_000,
-  pingTimeoutMs: 20_000,
-};
+export { AGENT_LIMITS, AgentError } from './errors.js';
 
 function agentHttpError(status: number, text: string): AgentError {
   let body: unknown;
@@ -430,9 +408,17 @@ export class AgentClient {
   }
 
   /** Stream `body` into a guest file (written to a temp file, renamed into place). */
-  writeFile(filePath: string, body: Readable | Buffer | string, mode?: number): Promise<FileEntry> {
+  writeFile(
+    filePath: string,
+    body: Readable | Buffer | string,
+    mode?: number,
+    /** A guest account to own the file (and the directories made for it); default root. */
+    user?: string,
+  ): Promise<FileEntry> {
     return this.tracked<FileEntry>('write file', undefined, (resolve, reject) => {
-      const q = `path=${encodeURIComponent(filePath)}${mode === undefined ? '' : `&mode=${mode.toString(8)}`}`;
+      const q =
+        `path=${encodeURIComponent(filePath)}${mode === undefined ? '' : `&mode=${mode.toString(8)}`}` +
+        (user === undefined ? '' : `&user=${encodeURIComponent(user)}`);
       const req = this.session.request({ ':method': 'PUT', ':path': `/v1/files?${q}` });
       readReply(req, `write ${filePath}`, AGENT_LIMITS.errorChars * 4).then(({ status, text }) => {
         if (status !== 200) return reject(agentHttpError(status, text));
@@ -470,8 +456,63 @@ export class AgentClient {
     return this.json(RemovedSchema, 'POST', '/v1/files/remove', { path: filePath, recursive });
   }
 
-  makeDir(dir: string): Promise<FileEntry> {
-    return this.json(FileEntrySchema, 'POST', '/v1/files/mkdir', { path: dir });
+  /** mkdir -p; `created` in the answer is false when it existed. */
+  makeDir(dir: string, user?: string): Promise<FileEntry> {
+    return this.json(FileEntrySchema, 'POST', '/v1/files/mkdir', { path: dir, ...(user ? { user } : {}) });
+  }
+
+  /** rename(2) in the guest; answers the destination's entry. */
+  moveFile(source: string, destination: string, user?: string): Promise<FileEntry> {
+    return this.json(FileEntrySchema, 'POST', '/v1/files/move', {
+      source,
+      destination,
+      ...(user ? { user } : {}),
+    });
+  }
+
+  /**
+   * Start a long-lived guest process (POST /v1/procs) or attach to one (POST /v1/procs/attach).
+   * Resolves once the agent answered: with its events (the first is `start`), or rejects with the
+   * agent's error (404 for an unknown process). The process outlives the returned stream.
+   */
+  procEvents(route: 'start' | 'attach', body: ProcStartRequest | ProcSelector): Promise<ProcEventStream> {
+    const path = route === 'start' ? '/v1/procs' : '/v1/procs/attach';
+    return this.tracked<ProcEventStream>(`process ${route}`, 60_000, (resolve, reject) => {
+      const req = this.session.request({
+        ':method': 'POST',
+        ':path': path,
+        'content-type': 'application/json',
+      });
+      req.on('response', (h) => {
+        const status = Number(h[':status']) || 500;
+        if (status === 200) return resolve(new ProcEventStream(req));
+        readReply(req, `process ${route}`, AGENT_LIMITS.errorChars * 4).then(
+          ({ text }) => reject(agentHttpError(status, text)),
+          reject,
+        );
+      });
+      req.on('error', (e) => reject(new AgentError(0, `agent process ${route}: ${e.message}`)));
+      req.end(JSON.stringify(body));
+      return req;
+    });
+  }
+
+  listProcs(): Promise<{ processes: ProcInfo[] }> {
+    return this.json(ProcListSchema, 'GET', '/v1/procs');
+  }
+
+  /** Bytes to a process's stdin (it must have been started with `stdin: true`). */
+  procInput(sel: ProcSelector, data: Buffer): Promise<Record<string, never>> {
+    return this.json(EmptySchema, 'POST', '/v1/procs/input', { ...sel, data: data.toString('base64') });
+  }
+
+  procCloseStdin(sel: ProcSelector): Promise<Record<string, never>> {
+    return this.json(EmptySchema, 'POST', '/v1/procs/close-stdin', sel);
+  }
+
+  /** A signal to the process's group. */
+  procSignal(sel: ProcSelector, signal: string): Promise<Record<string, never>> {
+    return this.json(EmptySchema, 'POST', '/v1/procs/signal', { ...sel, signal });
   }
 
   /** Whether the HTTP/2 session to the agent is still usable. */

@@ -2,7 +2,7 @@ import type net from 'node:net';
 import type { z } from 'zod';
 import { scaledMs } from '../util/host-speed.js';
 import type { EvalRequest, EvalResult, IdentityResult } from '../protocol/agent-api.js';
-import { AGENT_LIMITS, AgentError } from './client.js';
+import { AGENT_LIMITS, AgentError } from './errors.js';
 import { identityFor } from './identity.js';
 import { connectResynced } from './resync-socket.js';
 import { ackFrame } from '../protocol/resync.js';

@@ -80,6 +80,12 @@ export const FileEntrySchema = z.looseObject({
   size: nonNeg,
   mode: int,
   mtime_ms: z.number(),
+  uid: int.optional(),
+  gid: int.optional(),
+  owner: z.string().max(256).optional(),
+  group: z.string().max(256).optional(),
+  symlink_target: z.string().max(4096).optional(),
+  created: z.boolean().optional(),
 });
 
 export const FileListSchema = z.looseObject({ entries: z.array(FileEntrySchema) });
@@ -93,3 +99,29 @@ export function firstIssue(err: z.ZodError): string {
   const where = i.path.length ? i.path.map(String).join('.').slice(0, 80) : 'reply';
   return `${where}: ${i.message.slice(0, 160)}`;
 }
+
+export const ProcEventSchema = z.discriminatedUnion('type', [
+  z.looseObject({ type: z.literal('start'), pid: int.positive() }),
+  z.looseObject({
+    type: z.literal('data'),
+    stream: z.enum(['stdout', 'stderr', 'pty']),
+    data: z.base64(),
+  }),
+  z.looseObject({ type: z.literal('end'), exit_code: int.nullable(), signal: z.string().max(32).nullable() }),
+]);
+
+export const ProcListSchema = z.looseObject({
+  processes: z
+    .array(
+      z.looseObject({
+        pid: int.positive(),
+        argv: z.array(z.string()).min(1),
+        env: z.record(z.string(), z.string()),
+        cwd: z.string(),
+        tag: z.string().optional(),
+      }),
+    )
+    .max(4096),
+});
+
+export const EmptySchema = z.looseObject({});

@@ -37,7 +37,12 @@ export function loadToken(file: string): string {
  */
 export function checkBearer(header: string | undefined, token: string): 'ok' | 'missing' | 'invalid' {
   if (!header || !header.startsWith('Bearer ') || !header.slice(7).trim()) return 'missing';
-  const a = createHash('sha256').update(header.slice(7).trim()).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b) ? 'ok' : 'invalid';
+  return sameSecret(header.slice(7).trim(), token) ? 'ok' : 'invalid';
+}
+
+/** Constant-time equality of a secret someone sent and ours (both hashed first: lengths leak nothing). */
+export function sameSecret(given: string, ours: string): boolean {
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(ours).digest();
+  return timingSafeEqual(a, b);
 }

@@ -25,6 +25,14 @@ const STATUS: Record<ErrorCode, number> = {
   internal: 500,
 };
 
+/** The HTTP status an error leaves with (ForkdError codes, the agent's statuses, else 500). */
+export function statusOf(err: unknown): number {
+  if (err instanceof ForkdError) return STATUS[err.code];
+  if (err instanceof AgentError) return err.status >= 400 && err.status < 500 ? err.status : 502;
+  const s = (err as { statusCode?: unknown }).statusCode;
+  return typeof s === 'number' && s >= 400 && s < 600 ? s : 500;
+}
+
 const MAX_ISSUES = 5;
 const MAX_MESSAGE = 2000;
 

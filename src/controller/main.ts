@@ -69,6 +69,10 @@ program
     env('FORKD_POOL_MAX') ?? '8',
   )
   .option('--run-dir <dir>', 'sandbox work dirs (env FORKD_RUN_DIR)', env('FORKD_RUN_DIR'))
+  .option(
+    '--e2b-template <name=tag...>',
+    'serve snapshot TAG as E2B template NAME, e.g. base=quickstart (every tag is a template under its own name too; env FORKD_E2B_TEMPLATES, comma-separated)',
+  )
   .action(async (o: Record<string, string | undefined>) => {
     const { host, port } = parseBind(o.bind!);
     if (o.snapshotRoot) {
@@ -109,6 +113,10 @@ program
     });
     const app = await buildServer(ctl, {
       token,
+      e2bTemplates: parseTemplates([
+        ...((o.e2bTemplate as unknown as string[] | undefined) ?? []),
+        ...(env('FORKD_E2B_TEMPLATES')?.split(',').filter(Boolean) ?? []),
+      ]),
       auditLog: o.auditLog,
       ...(o.tlsCert ? { tls: { cert: o.tlsCert, key: o.tlsKey! } } : {}),
     });
@@ -146,3 +154,19 @@ program.parseAsync(process.argv).catch((e: unknown) => {
   );
   process.exit(fe?.code === 'bad_input' ? 2 : 1);
 });
+
+/** `name=tag` pairs of --e2b-template. */
+function parseTemplates(pairs: string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const p of pairs) {
+    const m = /^([^=\s]{1,256})=([A-Za-z0-9][A-Za-z0-9._-]{0,63})$/.exec(p.trim());
+    if (!m)
+      throw new ForkdError(
+        'bad_input',
+        `--e2b-template '${p}' is not NAME=TAG`,
+        'e.g. --e2b-template base=quickstart',
+      );
+    out.set(m[1]!, m[2]!);
+  }
+  return out;
+}

@@ -31,6 +31,7 @@ export interface SpawnOptions {
   envs: Record<string, string>;
   metadata: Record<string, string>;
   workspace?: string | null;
+  template_id?: string | null;
 }
 
 export type SpawnTimings = ChildTimings;
@@ -138,6 +139,9 @@ export class SandboxManager {
         envs: opts.envs,
         metadata: opts.metadata,
         workspace: opts.workspace ?? null,
+        template_id: opts.template_id ?? null,
+        access_token: null,
+        paused_at_unix: null,
       };
       const live: LiveSandbox = { rec, vm, guest: child.guest!, busy: null };
       this.live.set(res.id, live);
@@ -177,7 +181,16 @@ export class SandboxManager {
     });
   }
 
+  /** A running sandbox to work with (exec, files, branch...): a paused one is a conflict. */
   get(id: string): LiveSandbox {
+    const l = this.find(id);
+    if (l.rec.paused_at_unix !== null)
+      throw new ForkdError('conflict', `sandbox ${id} is paused`, 'resume it first (E2B: Sandbox.connect)');
+    return l;
+  }
+
+  /** The live sandbox, paused or not. */
+  find(id: string): LiveSandbox {
     const l = this.live.get(id);
     if (l) return l;
     const dead = this.exited.get(id);
@@ -268,12 +281,61 @@ export class SandboxManager {
       this.ev.log(`removed leftover sandbox dir ${dir}`);
   }
 
+  /**
+   * Stop the sandbox's vCPUs (QMP stop): it keeps its memory and processes, costs no CPU and answers
+   * nothing until resumed; its timeout does not run meanwhile. False when it was paused already.
+   */
+  async pause(id: string): Promise<boolean> {
+    const l = this.find(id);
+    if (l.rec.paused_at_unix !== null) return false;
+    if (l.busy)
+      throw new ForkdError('conflict', `sandbox ${id} is busy (${l.busy}); try again when it finishes`);
+    l.busy = 'pause';
+    try {
+      // The guest connections stay: idle, they survive the pause; a stream that was open fails its
+      // liveness pings if the pause is long, and the next use after resume makes a new connection.
+      await l.vm.pause();
+      l.rec.paused_at_unix = nowUnix();
+      this.state.save();
+    } finally {
+      l.busy = null;
+    }
+    return true;
+  }
+
+  /**
+   * Run a paused sandbox again, its timeout restarting at `timeoutSecs` (null: none). The guest's clock
+   * stood still while paused, so it is told the time again. False when it was not paused.
+   */
+  async resume(id: string, timeoutSecs: number | null): Promise<boolean> {
+    const l = this.find(id);
+    if (l.rec.paused_at_unix === null) return false;
+    if (l.busy)
+      throw new ForkdError('conflict', `sandbox ${id} is busy (${l.busy}); try again when it finishes`);
+    l.busy = 'resume';
+    try {
+      await l.vm.resume();
+      l.rec.paused_at_unix = null;
+      l.rec.timeout_secs = timeoutSecs;
+      l.rec.expires_at_unix = timeoutSecs === null ? null : nowUnix() + timeoutSecs;
+      this.state.save();
+    } finally {
+      l.busy = null;
+    }
+    const py = l.guest.python();
+    await (py ? py.then((p) => p.announce(id)) : l.guest.agent().then((a) => a.announce(id))).catch((e) =>
+      this.ev.log(`sandbox ${id}: resumed, but telling it the time failed: ${errorMessage(e)}`),
+    );
+    return true;
+  }
+
   /** Kill sandboxes whose timeout passed; forget exited ones after 10 minutes. */
   async reap(): Promise<string[]> {
     const now = nowUnix();
     const killed: string[] = [];
     for (const l of [...this.live.values()]) {
-      if (l.rec.expires_at_unix !== null && l.rec.expires_at_unix <= now && !l.busy) {
+      const paused = l.rec.paused_at_unix !== null;
+      if (l.rec.expires_at_unix !== null && l.rec.expires_at_unix <= now && !l.busy && !paused) {
         this.ev.log(`sandbox ${l.rec.id} reached its timeout; killing it`);
         await this.destroy(l.rec.id).catch(() => {});
         killed.push(l.rec.id);
@@ -298,7 +360,7 @@ export class SandboxManager {
   }
 
   setTimeout(id: string, secs: number | null): SandboxRecord {
-    const l = this.get(id);
+    const l = this.find(id);
     l.rec.timeout_secs = secs;
     l.rec.expires_at_unix = secs === null ? null : nowUnix() + secs;
     this.state.save();

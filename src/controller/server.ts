@@ -21,6 +21,7 @@ import { snapshotRoutes } from './routes/snapshots.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { fileRoutes } from './routes/files.js';
 import { workspaceRoutes } from './routes/workspaces.js';
+import { e2bRouteUrls, registerE2b } from './e2b/index.js';
 
 export interface ServerOptions {
   token?: string | undefined;
@@ -28,6 +29,8 @@ export interface ServerOptions {
   tls?: { cert: string; key: string } | undefined;
   /** pino logger options; false = silent (tests) */
   logger?: boolean | object;
+  /** E2B template names → snapshot tags (the E2B API, src/controller/e2b/). */
+  e2bTemplates?: Map<string, string>;
 }
 
 /** The REST API: fastify with zod-validated routes, bearer auth, audit log, metrics, OpenAPI. */
@@ -166,6 +169,8 @@ export async function buildServer(ctl: Controller, opts: ServerOptions): Promise
     if (!opts.token) return;
     const p = req.url.split('?')[0];
     if (p === '/healthz' || p === '/healthz/') return;
+    // The E2B API checks its own credentials (X-API-KEY, a sandbox's access token): e2b/index.ts.
+    if (req.routeOptions.url && e2bRouteUrls.has(req.routeOptions.url)) return;
     const r = checkBearer(req.headers.authorization, opts.token);
     if (r !== 'ok')
       return reply.status(401).send({
@@ -211,6 +216,7 @@ export async function buildServer(ctl: Controller, opts: ServerOptions): Promise
   await app.register(sandboxRoutes(ctl));
   await app.register(fileRoutes(ctl));
   await app.register(workspaceRoutes(ctl));
+  await registerE2b(app, ctl, { token: opts.token, templates: opts.e2bTemplates ?? new Map() });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }

@@ -38,6 +38,12 @@ export const SandboxRecord = z.object({
   envs: z.record(z.string(), z.string()).default({}),
   metadata: z.record(z.string(), z.string()).default({}),
   workspace: z.string().nullable().default(null),
+  /** The E2B template id it was created from, when created through the E2B API. */
+  template_id: z.string().nullable().default(null),
+  /** Checked on every request of the E2B sandbox plane (envd's X-Access-Token); made on first use. */
+  access_token: z.string().nullable().default(null),
+  /** Set while its vCPUs are stopped (E2B pause): no CPU, memory kept, no timeout running. */
+  paused_at_unix: z.number().nullable().default(null),
 });
 export type SandboxRecord = z.infer<typeof SandboxRecord>;
 

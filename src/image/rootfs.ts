@@ -10,7 +10,7 @@ import type { Reporter } from '../util/report.js';
 import type { Recipe } from './recipes.js';
 
 export const SUITE = 'bookworm';
-const ROOTFS_FORMAT = 'rootfs-v1';
+const ROOTFS_FORMAT = 'rootfs-v2';
 
 export interface RootfsImage {
   key: string;
@@ -114,6 +114,7 @@ export async function ensureRootfs(recipe: Recipe, sizeMib: number, rep: Reporte
     }
     rep.info(`debootstrap done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     trimTree(tree);
+    addDefaultUser(tree);
     rep.step(`making ext4 image (${sizeMib} MiB, sparse)`);
     const img = path.join(staging, 'rootfs.ext4');
     await runOk('mkfs.ext4', [
@@ -151,6 +152,35 @@ export async function ensureRootfs(recipe: Recipe, sizeMib: number, rep: Reporte
     fs.rmSync(staging, { recursive: true, force: true });
     throw e;
   }
+}
+
+/**
+ * E2B's default account: its SDKs run commands and resolve relative paths as `user` (uid 1000, home
+ * /home/user, bash). Written into the tree's account files directly: nothing runs inside the tree.
+ */
+export function addDefaultUser(tree: string, name = 'user', id = 1000): void {
+  const etc = path.join(tree, 'etc');
+  const has = (file: string) =>
+    fs.existsSync(file) &&
+    fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .some((l) => l.startsWith(`${name}:`));
+  const add = (file: string, line: string, mode: number) => {
+    if (has(file)) return;
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    fs.writeFileSync(file, `${text}${text && !text.endsWith('\n') ? '\n' : ''}${line}\n`, { mode });
+  };
+  add(path.join(etc, 'passwd'), `${name}:x:${id}:${id}::/home/${name}:/bin/bash`, 0o644);
+  add(path.join(etc, 'group'), `${name}:x:${id}:`, 0o644);
+  add(path.join(etc, 'shadow'), `${name}:!:19000:0:99999:7:::`, 0o640);
+  const home = path.join(tree, 'home', name);
+  fs.mkdirSync(home, { recursive: true, mode: 0o755 });
+  for (const f of ['.bashrc', '.profile']) {
+    const skel = path.join(etc, 'skel', f);
+    if (fs.existsSync(skel) && !fs.existsSync(path.join(home, f))) fs.copyFileSync(skel, path.join(home, f));
+  }
+  for (const p of [home, ...fs.readdirSync(home).map((f) => path.join(home, f))]) fs.chownSync(p, id, id);
 }
 
 /** Remove what a sandbox never needs: package caches, docs, man pages, non-English locales. */

@@ -7,11 +7,18 @@
  *   POST /v1/exec      ExecRequest -> NDJSON stream of ExecEvent lines
  *   POST /v1/eval      EvalRequest -> EvalResult
  *   GET  /v1/files?path=P            -> file bytes (streamed)
- *   PUT  /v1/files?path=P[&mode=OCT] <- file bytes (streamed) -> FileEntry
+ *   PUT  /v1/files?path=P[&mode=OCT][&user=U] <- file bytes (streamed) -> FileEntry (owned by U)
  *   GET  /v1/files/list?path=P[&depth=N] -> { entries: FileEntry[] }
  *   GET  /v1/files/stat?path=P       -> FileEntry
  *   POST /v1/files/remove { path, recursive? } -> { removed }
- *   POST /v1/files/mkdir  { path }   -> FileEntry
+ *   POST /v1/files/mkdir  { path, user? } -> FileEntry (+ created)
+ *   POST /v1/files/move   { source, destination, user? } -> FileEntry of the destination
+ *   POST /v1/procs    ProcStartRequest -> NDJSON stream of ProcEvent lines (the process outlives it)
+ *   POST /v1/procs/attach { pid | tag } -> NDJSON stream: start, then output from now on, then end
+ *   GET  /v1/procs                   -> { processes: ProcInfo[] }
+ *   POST /v1/procs/input  { pid | tag, data (base64) } -> {}
+ *   POST /v1/procs/close-stdin { pid | tag } -> {}
+ *   POST /v1/procs/signal { pid | tag, signal: "SIGKILL" | "SIGTERM" | ... } -> {}
  */
 export const AGENT_API_VERSION = 1;
 
@@ -125,4 +132,44 @@ export interface FileEntry {
   size: number;
   mode: number;
   mtime_ms: number;
+  uid?: number;
+  gid?: number;
+  /** Names from the guest's passwd and group (the number when it has none). */
+  owner?: string;
+  group?: string;
+  symlink_target?: string;
+  /** mkdir only: false when the directory existed already. */
+  created?: boolean;
 }
+
+/** A long-lived process (the guest's process table): it runs on when the stream that started it closes. */
+export interface ProcStartRequest {
+  /** Program and arguments (no shell). */
+  argv: string[];
+  env?: Record<string, string>;
+  /** Default: the user's home. */
+  cwd?: string;
+  /** A guest account; default root. */
+  user?: string;
+  /** Keep stdin open for /v1/procs/input until /v1/procs/close-stdin; otherwise it is /dev/null. */
+  stdin?: boolean;
+  tag?: string;
+  pty?: { cols: number; rows: number };
+}
+
+export interface ProcInfo {
+  pid: number;
+  argv: string[];
+  env: Record<string, string>;
+  cwd: string;
+  tag?: string;
+}
+
+export type ProcEvent =
+  | { type: 'start'; pid: number }
+  /** Output bytes as base64 (a chunk may split a UTF-8 character). */
+  | { type: 'data'; stream: 'stdout' | 'stderr' | 'pty'; data: string }
+  | { type: 'end'; exit_code: number | null; signal: string | null };
+
+/** A process by pid or by the tag it was started with. */
+export type ProcSelector = { pid: number } | { tag: string };

@@ -157,6 +157,21 @@ export class QemuVm implements VmHandle {
     return this.qmp;
   }
 
+  /** Stop the vCPUs (the process stays, with its memory; it uses no CPU until resumed). */
+  async pause(): Promise<void> {
+    await this.requireQmp().execute('stop');
+  }
+
+  async resume(): Promise<void> {
+    await this.requireQmp().execute('cont');
+  }
+
+  private requireQmp(): QmpClient {
+    if (!this.qmp || this.qmp.isClosed)
+      throw new ForkdError('vmm_failed', `QEMU ${this.pid}: no QMP connection (did it exit?)`);
+    return this.qmp;
+  }
+
   /** Forget the VM without stopping it (a daemon shutting down leaves sandboxes running). */
   release(): void {
     this.stopWatch?.();

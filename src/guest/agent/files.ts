@@ -8,6 +8,7 @@ import path from 'node:path';
 import http2 from 'node:http2';
 import { pipeline } from 'node:stream/promises';
 import type { FileEntry } from '../../protocol/agent-api.js';
+import { groupName, userName, type GuestUser } from './users.js';
 
 type Stream = http2.ServerHttp2Stream;
 type Send = (stream: Stream, status: number, body: unknown) => void;
@@ -32,14 +33,39 @@ export function checkPath(p: unknown): string | undefined {
 }
 
 export function entry(p: string, st: fs.Stats): FileEntry {
-  return {
+  const e: FileEntry = {
     name: path.posix.basename(p) || '/',
     path: p,
     type: st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other',
     size: st.size,
     mode: st.mode & 0o7777,
     mtime_ms: Math.trunc(st.mtimeMs),
+    uid: st.uid,
+    gid: st.gid,
+    owner: userName(st.uid),
+    group: groupName(st.gid),
   };
+  if (st.isSymbolicLink()) {
+    try {
+      e.symlink_target = fs.readlinkSync(p);
+    } catch {
+      /* vanished meanwhile */
+    }
+  }
+  return e;
+}
+
+/** The directories `mkdir -p dir` would create, outermost first. */
+function missingDirs(dir: string): string[] {
+  const out: string[] = [];
+  for (let d = dir; !fs.existsSync(d); d = path.posix.dirname(d)) out.unshift(d);
+  return out;
+}
+
+/** Give what a request created to `owner` (a guest account): files written as E2B's user are theirs. */
+async function chownAll(paths: string[], owner: GuestUser | undefined): Promise<void> {
+  if (!owner || owner.uid === 0) return;
+  for (const p of paths) await fs.promises.lchown(p, owner.uid, owner.gid);
 }
 
 export async function readFileRoute(stream: Stream, p: string, send: Send): Promise<void> {
@@ -73,6 +99,7 @@ export async function writeFileRoute(
   stream: Stream,
   p: string,
   mode: number | undefined,
+  owner: GuestUser | undefined,
   send: Send,
 ): Promise<void> {
   const dir = path.posix.dirname(p);
@@ -81,9 +108,12 @@ export async function writeFileRoute(
     `.forkd-upload-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`,
   );
   try {
+    const created = missingDirs(dir);
     await fs.promises.mkdir(dir, { recursive: true });
+    await chownAll(created, owner);
     await pipeline(stream, fs.createWriteStream(tmp, { mode: mode ?? 0o644 }));
     if (mode !== undefined) await fs.promises.chmod(tmp, mode);
+    await chownAll([tmp], owner);
     await fs.promises.rename(tmp, p);
     const st = await fs.promises.stat(p);
     send(stream, 200, entry(p, st));
@@ -141,11 +171,39 @@ export async function removeRoute(stream: Stream, p: string, recursive: boolean,
   }
 }
 
-export async function mkdirRoute(stream: Stream, p: string, send: Send): Promise<void> {
+/** mkdir -p; the entry says whether the directory is new (`created`). */
+export async function mkdirRoute(
+  stream: Stream,
+  p: string,
+  owner: GuestUser | undefined,
+  send: Send,
+): Promise<void> {
   try {
+    const created = missingDirs(p);
     await fs.promises.mkdir(p, { recursive: true });
-    send(stream, 200, entry(p, await fs.promises.stat(p)));
+    await chownAll(created, owner);
+    send(stream, 200, { ...entry(p, await fs.promises.stat(p)), created: created.length > 0 });
   } catch (e) {
     send(stream, errStatus(e), errBody(e, p));
+  }
+}
+
+/** rename(2), creating the destination's parent directories; answers the destination's entry. */
+export async function moveRoute(
+  stream: Stream,
+  from: string,
+  to: string,
+  owner: GuestUser | undefined,
+  send: Send,
+): Promise<void> {
+  try {
+    await fs.promises.lstat(from);
+    const created = missingDirs(path.posix.dirname(to));
+    await fs.promises.mkdir(path.posix.dirname(to), { recursive: true });
+    await chownAll(created, owner);
+    await fs.promises.rename(from, to);
+    send(stream, 200, entry(to, await fs.promises.lstat(to)));
+  } catch (e) {
+    send(stream, errStatus(e), errBody(e, from));
   }
 }

@@ -16,6 +16,8 @@ import type {
 } from '../../protocol/agent-api.js';
 import { PortTransport, findPortDevice } from './port.js';
 import { runExec, validateExec } from './exec.js';
+import { procRoute } from './procs-routes.js';
+import { lookupUser } from './users.js';
 import { PythonWorker } from './python.js';
 import { evalJs, resetRandomPools } from './jseval.js';
 import { applyIdentity, currentSandboxId, validateIdentity } from './identity.js';
@@ -23,6 +25,7 @@ import {
   checkPath,
   listRoute,
   mkdirRoute,
+  moveRoute,
   readFileRoute,
   removeRoute,
   statRoute,
@@ -99,7 +102,10 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
     const mode = modeStr === null ? undefined : Number.parseInt(modeStr, 8);
     if (mode !== undefined && !(mode >= 0 && mode <= 0o7777))
       return sendJson(stream, 400, { error: '"mode" must be octal, e.g. 644' });
-    return writeFileRoute(stream, p, mode, sendJson);
+    const owner = query.has('user') ? lookupUser(query.get('user')!) : undefined;
+    if (query.has('user') && !owner)
+      return sendJson(stream, 401, { error: `no user ${query.get('user')} in this guest` });
+    return writeFileRoute(stream, p, mode, owner, sendJson);
   }
   let body: Record<string, unknown> = {};
   if (method === 'POST') {
@@ -111,6 +117,7 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
     if (typeof body !== 'object' || body === null || Array.isArray(body))
       return sendJson(stream, 400, { error: 'request body must be a JSON object' });
   }
+  if (await procRoute(route, stream, body, sendJson)) return;
   switch (route) {
     case 'GET /v1/ping': {
       const res: PingResponse = {
@@ -185,10 +192,22 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       }
     }
     case 'POST /v1/files/remove':
-    case 'POST /v1/files/mkdir': {
-      const p = checkPath(body.path);
-      if (!p) return sendJson(stream, 400, { error: '"path" must be an absolute path' });
-      if (route === 'POST /v1/files/mkdir') return mkdirRoute(stream, p, sendJson);
+    case 'POST /v1/files/mkdir':
+    case 'POST /v1/files/move': {
+      const p = checkPath(route === 'POST /v1/files/move' ? body.source : body.path);
+      if (!p)
+        return sendJson(stream, 400, {
+          error: `"${route === 'POST /v1/files/move' ? 'source' : 'path'}" must be an absolute path`,
+        });
+      const owner = typeof body.user === 'string' ? lookupUser(body.user) : undefined;
+      if (typeof body.user === 'string' && !owner)
+        return sendJson(stream, 401, { error: `no user ${body.user} in this guest` });
+      if (route === 'POST /v1/files/mkdir') return mkdirRoute(stream, p, owner, sendJson);
+      if (route === 'POST /v1/files/move') {
+        const to = checkPath(body.destination);
+        if (!to) return sendJson(stream, 400, { error: '"destination" must be an absolute path' });
+        return moveRoute(stream, p, to, owner, sendJson);
+      }
       return removeRoute(stream, p, body.recursive === true, sendJson);
     }
     default:

@@ -1,0 +1,174 @@
+/**
+ * E2B's control plane (`E2B_API_URL`): create, connect, list, getInfo, setTimeout, pause, kill. Both
+ * generations the SDKs use are served (`/v2/sandboxes` and `/sandboxes`). Every error leaves as
+ * `{"code": <status>, "message": ...}`: the SDK decides "not found" and "already paused" by that body.
+ */
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { ForkdError } from '../../util/errors.js';
+import { snapshotExists } from '../../snapshot/store.js';
+import type { Controller } from '../controller.js';
+import type { SandboxRecord } from '../state.js';
+import { DEFAULT_TIMEOUT_S, endAtMs, sandboxDetailJson, sandboxJson, type E2bOptions } from './view.js';
+import { parseMetadataQuery } from './list-query.js';
+
+const Id = z.object({ id: z.string().min(1).max(128) });
+const StrMap = z.record(z.string(), z.string());
+/** Seconds; E2B allows up to 24 h on its pro tier. */
+const TimeoutS = z
+  .number()
+  .int()
+  .min(0)
+  .max(30 * 86400);
+
+// Loose: the SDKs send fields forkd has no use for (mcp, network, volumeMounts, secure...).
+const CreateBody = z.looseObject({
+  templateID: z.string().min(1).max(256),
+  timeout: TimeoutS.optional(),
+  metadata: StrMap.optional(),
+  envVars: StrMap.optional(),
+  autoPause: z.boolean().optional(),
+});
+const TimeoutBody = z.looseObject({ timeout: TimeoutS.optional() });
+const ListQuery = z.looseObject({
+  state: z.string().max(64).optional(),
+  metadata: z.string().max(8192).optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).optional(),
+  nextToken: z.string().max(64).optional(),
+  order: z.enum(['asc', 'desc']).optional(),
+  startedAfter: z.string().max(64).optional(),
+  template: z.string().max(256).optional(),
+});
+
+export function notFound(id: string): ForkdError {
+  return new ForkdError('not_found', `sandbox ${id} not found`);
+}
+
+export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginAsyncZod {
+  const resolveTemplate = (id: string): string => {
+    const tag = opts.templates.get(id) ?? id;
+    if (/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(tag) && snapshotExists(tag)) return tag;
+    throw new ForkdError(
+      'not_found',
+      `template '${id}' not found: forkd serves snapshot tags as templates`,
+      `make one (forkd snapshot --tag ${tag}), or map the name when starting the daemon: --e2b-template ${id}=<tag>`,
+    );
+  };
+  /** A live sandbox by id, paused or not; gone and unknown ones are 404 (E2B: killed is not found). */
+  const live = (id: string) => {
+    const l = ctl.sandboxes.live.get(id);
+    if (!l) throw notFound(id);
+    return l;
+  };
+  const stateOf = (rec: SandboxRecord) => (rec.paused_at_unix === null ? 'running' : 'paused');
+
+  return async (app) => {
+    const create = async (b: z.infer<typeof CreateBody>) => {
+      const tag = resolveTemplate(b.templateID);
+      const [item] = await ctl.spawn({
+        snapshot_tag: tag,
+        n: 1,
+        per_child_netns: false,
+        memory_limit_mib: null,
+        timeout_secs: b.timeout || DEFAULT_TIMEOUT_S,
+        envs: b.envVars ?? {},
+        metadata: b.metadata ?? {},
+        template_id: b.templateID,
+      });
+      if (!item!.ok)
+        throw new ForkdError('vmm_failed', `starting a sandbox from '${tag}' failed: ${item!.error}`);
+      return sandboxJson(ctl, live(item!.id!).rec);
+    };
+    for (const url of ['/v2/sandboxes', '/sandboxes'])
+      app.post(url, { schema: { hide: true, body: CreateBody } }, async (req, reply) =>
+        reply.status(201).send(await create(req.body)),
+      );
+
+    const connect = async (id: string, timeout: number | undefined) => {
+      const l = live(id);
+      const secs = timeout || DEFAULT_TIMEOUT_S;
+      if (await ctl.sandboxes.resume(id, secs)) return { status: 201, body: sandboxJson(ctl, l.rec) };
+      // Running: the lifetime is only ever extended by connect.
+      if (Date.now() + secs * 1000 > endAtMs(l.rec)) ctl.sandboxes.setTimeout(id, secs);
+      return { status: 200, body: sandboxJson(ctl, l.rec) };
+    };
+    for (const url of ['/v2/sandboxes/:id/connect', '/sandboxes/:id/connect'])
+      app.post(url, { schema: { hide: true, params: Id, body: TimeoutBody } }, async (req, reply) => {
+        const r = await connect(req.params.id, req.body.timeout);
+        return reply.status(r.status).send(r.body);
+      });
+    app.post(
+      '/sandboxes/:id/resume',
+      { schema: { hide: true, params: Id, body: TimeoutBody } },
+      async (req, reply) => {
+        const l = live(req.params.id);
+        if (!(await ctl.sandboxes.resume(req.params.id, req.body.timeout || DEFAULT_TIMEOUT_S)))
+          throw new ForkdError('conflict', `sandbox ${req.params.id} is not paused`);
+        return reply.status(201).send(sandboxJson(ctl, l.rec));
+      },
+    );
+
+    app.get('/sandboxes/:id', { schema: { hide: true, params: Id } }, async (req) => {
+      const l = live(req.params.id);
+      return sandboxDetailJson(ctl, l.rec, stateOf(l.rec));
+    });
+
+    const list = (q: z.infer<typeof ListQuery>, defaultStates: string[]) => {
+      const states = q.state ? q.state.split(',').filter(Boolean) : defaultStates;
+      const meta = q.metadata ? parseMetadataQuery(q.metadata) : [];
+      const after = q.startedAfter ? Date.parse(q.startedAfter) : undefined;
+      if (after !== undefined && Number.isNaN(after))
+        throw new ForkdError('bad_input', `startedAfter '${q.startedAfter}' is not an RFC 3339 date`);
+      const desc = (q.order ?? 'desc') === 'desc';
+      const all = [...ctl.sandboxes.live.values()]
+        .map((l) => l.rec)
+        .filter((r) => states.includes(stateOf(r)))
+        .filter((r) => meta.every(([k, v]) => r.metadata[k] === v))
+        .filter((r) => after === undefined || r.created_at_unix * 1000 >= after)
+        .filter(
+          (r) =>
+            !q.template || (r.template_id ?? r.snapshot_tag) === q.template || r.snapshot_tag === q.template,
+        )
+        .sort(
+          (a, b) => (a.created_at_unix - b.created_at_unix || a.id.localeCompare(b.id)) * (desc ? -1 : 1),
+        );
+      // The token is the position of the next page: opaque to the SDK, which only echoes it.
+      const start = q.nextToken ? Number.parseInt(q.nextToken, 10) : 0;
+      if (!Number.isInteger(start) || start < 0)
+        throw new ForkdError('bad_input', `nextToken '${q.nextToken}' is not one this server gave`);
+      const end = q.limit ? start + q.limit : all.length;
+      return { page: all.slice(start, end), next: end < all.length ? String(end) : undefined };
+    };
+    app.get('/v2/sandboxes', { schema: { hide: true, querystring: ListQuery } }, async (req, reply) => {
+      const { page, next } = list(req.query, ['running', 'paused']);
+      if (next) void reply.header('x-next-token', next);
+      return page.map((r) => sandboxDetailJson(ctl, r, stateOf(r)));
+    });
+    app.get('/sandboxes', { schema: { hide: true, querystring: ListQuery } }, async (req) =>
+      list(req.query, ['running']).page.map((r) => sandboxDetailJson(ctl, r, stateOf(r))),
+    );
+
+    app.delete('/sandboxes/:id', { schema: { hide: true, params: Id } }, async (req, reply) => {
+      live(req.params.id);
+      await ctl.sandboxes.destroy(req.params.id);
+      return reply.status(204).send();
+    });
+
+    app.post(
+      '/sandboxes/:id/timeout',
+      { schema: { hide: true, params: Id, body: TimeoutBody } },
+      async (req, reply) => {
+        live(req.params.id);
+        ctl.sandboxes.setTimeout(req.params.id, req.body.timeout ?? DEFAULT_TIMEOUT_S);
+        return reply.status(204).send();
+      },
+    );
+
+    app.post('/sandboxes/:id/pause', { schema: { hide: true, params: Id } }, async (req, reply) => {
+      live(req.params.id);
+      if (!(await ctl.sandboxes.pause(req.params.id)))
+        throw new ForkdError('conflict', `sandbox ${req.params.id} is already paused`);
+      return reply.status(204).send();
+    });
+  };
+}

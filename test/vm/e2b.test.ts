@@ -1,0 +1,259 @@
+/**
+ * E2B's official JS SDK (`e2b`, pinned), unmodified, against a forkd daemon on real VMs: only
+ * E2B_API_URL, E2B_SANDBOX_URL (both the daemon's address) and E2B_API_KEY (its token) are set.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AuthenticationError, CommandExitError, FileNotFoundError, Sandbox, SandboxNotFoundError } from 'e2b';
+import { isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { createSnapshot } from '../../src/snapshot/create.js';
+import { stderrReporter } from '../../src/util/report.js';
+import { Controller } from '../../src/sdk/index.js';
+
+const TAG = 'e2b-py';
+const KEY = `e2b_${randomBytes(20).toString('hex')}`;
+let dirs: ReturnType<typeof isolatedDirs>;
+let shm: string;
+let daemon: Daemon;
+let own: Controller;
+
+const waitUntil = async (cond: () => Promise<boolean>, what: string, ms = 60_000) => {
+  const t0 = Date.now();
+  while (!(await cond())) {
+    assert.ok(Date.now() - t0 < ms, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+};
+
+describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
+  before(async () => {
+    dirs = isolatedDirs('e2b');
+    shm = fs.mkdtempSync('/dev/shm/forkd-test-');
+    process.env.FORKD_SHM_DIR = shm;
+    await createSnapshot(
+      { tag: TAG, recipe: 'python-numpy', warmupEval: 'import numpy as np' },
+      stderrReporter(),
+    );
+    const port = await freePort();
+    const tokenFile = path.join(dirs.data, 'token');
+    fs.writeFileSync(tokenFile, KEY, { mode: 0o600 });
+    daemon = await startDaemon({
+      port,
+      stateDir: dirs.data,
+      args: ['--token-file', tokenFile, '--e2b-template', `base=${TAG}`],
+    });
+    process.env.E2B_API_URL = daemon.url;
+    process.env.E2B_SANDBOX_URL = daemon.url;
+    process.env.E2B_API_KEY = KEY;
+    own = new Controller({ baseUrl: daemon.url, token: KEY });
+  });
+
+  after(async () => {
+    if (daemon) {
+      for (const s of await own.listSandboxes().catch(() => [])) await own.killSandbox(s.id).catch(() => {});
+      await daemon.stop();
+    }
+    for (const pid of qemuProcessesUnder(dirs.run)) process.kill(pid, 'SIGKILL');
+    fs.rmSync(shm, { recursive: true, force: true });
+    dirs.cleanup();
+  });
+
+  it('create → commands.run → files write/read → kill; then 404 on the control plane, 502 on the sandbox plane', async () => {
+    const sbx = await Sandbox.create('base', { metadata: { suite: 'e2b' } });
+    const r = await sbx.commands.run('echo hi');
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.stdout, 'hi\n');
+    await sbx.files.write('/tmp/a.txt', 'x');
+    assert.equal(await sbx.files.read('/tmp/a.txt'), 'x');
+    const info = await sbx.getInfo();
+    assert.equal(info.sandboxId, sbx.sandboxId);
+    assert.equal(info.templateId, 'base');
+    assert.equal(info.state, 'running');
+    assert.deepEqual(info.metadata, { suite: 'e2b' });
+    assert.ok(info.endAt.getTime() > Date.now(), 'it has a default lifetime');
+    // One daemon, one state: forkd's own API sees it.
+    assert.ok((await own.listSandboxes()).some((s) => s.id === sbx.sandboxId));
+    assert.equal(await sbx.isRunning(), true);
+    assert.equal(await sbx.kill(), true);
+    assert.equal(await sbx.isRunning(), false);
+    assert.equal(await Sandbox.kill(sbx.sandboxId), false);
+    await assert.rejects(Sandbox.getInfo(sbx.sandboxId), SandboxNotFoundError);
+    await assert.rejects(Sandbox.connect(sbx.sandboxId), SandboxNotFoundError);
+  });
+
+  it('commands: exit codes, envs, cwd, the default user, background processes, stdin, list, connect, kill', async () => {
+    const sbx = await Sandbox.create('base', { envs: { WIDE: 'sandbox' } });
+    try {
+      const who = await sbx.commands.run('echo "$(whoami) $HOME $PWD $WIDE $ONE"', { envs: { ONE: 'cmd' } });
+      assert.equal(who.stdout, 'user /home/user /home/user sandbox cmd\n');
+      assert.equal((await sbx.commands.run('pwd', { cwd: '/tmp' })).stdout, '/tmp\n');
+      assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout, 'root\n');
+      await assert.rejects(sbx.commands.run('echo oops >&2; exit 3'), (e: unknown) => {
+        assert.ok(e instanceof CommandExitError);
+        assert.equal(e.exitCode, 3);
+        assert.equal(e.stderr, 'oops\n');
+        return true;
+      });
+      const chunks: string[] = [];
+      const bg = await sbx.commands.run('read line; echo "got $line"; sleep 600', {
+        background: true,
+        stdin: true,
+        onStdout: (d) => void chunks.push(d),
+      });
+      assert.ok(bg.pid > 0);
+      assert.ok((await sbx.commands.list()).some((p) => p.pid === bg.pid));
+      await sbx.commands.sendStdin(bg.pid, 'hello\n');
+      await waitUntil(async () => chunks.join('') === 'got hello\n', 'the echo of stdin');
+      // Detach and attach again: the process kept running.
+      await bg.disconnect();
+      const again = await sbx.commands.connect(bg.pid);
+      assert.equal(
+        (await sbx.commands.run(`kill -0 ${bg.pid} && echo alive`, { user: 'root' })).stdout,
+        'alive\n',
+      );
+      assert.equal(await sbx.commands.kill(bg.pid), true);
+      await assert.rejects(again.wait(), CommandExitError);
+      assert.equal(await sbx.commands.kill(bg.pid), false, 'a process that is gone is not found');
+      assert.ok(!(await sbx.commands.list()).some((p) => p.pid === bg.pid));
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it('files: multi-file write, list with depth, stat, mkdir, rename, remove, errors, 1 MiB both ways, signed URLs', async () => {
+    const sbx = await Sandbox.create('base');
+    try {
+      const infos = await sbx.files.write([
+        { path: 'proj/a.txt', data: 'A' },
+        { path: '/home/user/proj/sub/b.txt', data: 'B' },
+      ]);
+      assert.deepEqual(
+        infos.map((i) => i.path),
+        ['/home/user/proj/a.txt', '/home/user/proj/sub/b.txt'],
+      );
+      const owner = await sbx.commands.run('stat -c %U /home/user/proj/sub/b.txt /home/user/proj/sub');
+      assert.equal(owner.stdout, 'user\nuser\n', 'what the SDK writes belongs to the user');
+      const flat = await sbx.files.list('proj');
+      assert.deepEqual(
+        flat.map((e) => [e.name, e.type]),
+        [
+          ['a.txt', 'file'],
+          ['sub', 'dir'],
+        ],
+      );
+      const deep = await sbx.files.list('proj', { depth: 2 });
+      assert.deepEqual(
+        deep.map((e) => e.path),
+        ['/home/user/proj/a.txt', '/home/user/proj/sub', '/home/user/proj/sub/b.txt'],
+      );
+      const st = await sbx.files.getInfo('proj/a.txt');
+      assert.equal(st.size, 1);
+      assert.equal(st.owner, 'user');
+      assert.equal(st.permissions, '-rw-r--r--');
+      assert.equal(await sbx.files.exists('proj/nope'), false);
+      assert.equal(await sbx.files.makeDir('proj/new/deeper'), true);
+      assert.equal(await sbx.files.makeDir('proj/new/deeper'), false);
+      const moved = await sbx.files.rename('proj/a.txt', 'proj/new/a2.txt');
+      assert.equal(moved.path, '/home/user/proj/new/a2.txt');
+      await sbx.files.remove('proj/sub');
+      await sbx.files.remove('proj/never-there');
+      assert.equal(await sbx.files.exists('proj/sub'), false);
+      await assert.rejects(sbx.files.read('proj/sub/b.txt'), FileNotFoundError);
+      const big = randomBytes(1 << 20);
+      await sbx.files.write('big.bin', new Blob([big]));
+      const back = Buffer.from(await sbx.files.read('big.bin', { format: 'bytes' }));
+      assert.ok(back.equals(big), '1 MiB came back byte for byte');
+      assert.equal(
+        (await sbx.commands.run('sha256sum big.bin')).stdout.split(' ')[0],
+        (await import('node:crypto')).createHash('sha256').update(big).digest('hex'),
+      );
+      await sbx.files.write('empty.txt', '');
+      assert.equal(await sbx.files.read('empty.txt'), '');
+      // Signed URLs work with no headers at all (a browser or curl holds only the URL).
+      const down = await sbx.downloadUrl('proj/new/a2.txt');
+      assert.equal(await (await fetch(down)).text(), 'A');
+      const tampered = down.replace(/signature=v1_./, 'signature=v1_X');
+      assert.equal((await fetch(tampered)).status, 401);
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it('list with metadata filters and pages; setTimeout expires a sandbox; pause keeps state, 502 meanwhile, connect resumes', async () => {
+    const a = await Sandbox.create('base', { metadata: { role: 'a', 'odd key': 'v w' } });
+    const b = await Sandbox.create('base', { metadata: { role: 'b' } });
+    try {
+      const mine = await Sandbox.list({ query: { metadata: { 'odd key': 'v w' } } }).nextItems();
+      assert.deepEqual(
+        mine.map((s) => s.sandboxId),
+        [a.sandboxId],
+      );
+      const pager = Sandbox.list({ limit: 1 });
+      const seen: string[] = [];
+      while (pager.hasNext) for (const s of await pager.nextItems()) seen.push(s.sandboxId);
+      assert.ok(seen.includes(a.sandboxId) && seen.includes(b.sandboxId), 'pages cover every sandbox');
+
+      await b.commands.run('echo kept > /home/user/state.txt');
+      const bg = await b.commands.run('sleep 600', { background: true });
+      assert.equal(await b.pause(), true);
+      assert.equal(await b.pause(), false, 'already paused');
+      assert.equal(await b.isRunning(), false, 'a paused sandbox answers 502 on the sandbox plane');
+      assert.equal((await b.getInfo()).state, 'paused');
+      const listed = await Sandbox.list({ query: { state: ['paused'] } }).nextItems();
+      assert.deepEqual(
+        listed.map((s) => s.sandboxId),
+        [b.sandboxId],
+      );
+      const resumed = await Sandbox.connect(b.sandboxId);
+      assert.equal(resumed.sandboxId, b.sandboxId);
+      assert.equal(await resumed.files.read('/home/user/state.txt'), 'kept\n');
+      assert.ok(
+        (await resumed.commands.list()).some((p) => p.pid === bg.pid),
+        'its processes survived',
+      );
+
+      await a.setTimeout(2000);
+      await waitUntil(async () => !(await a.isRunning()), 'the 2 s timeout to kill it');
+      await assert.rejects(a.getInfo(), SandboxNotFoundError);
+    } finally {
+      await a.kill().catch(() => {});
+      await b.kill().catch(() => {});
+    }
+  });
+
+  it('refuses a wrong API key and a wrong access token; Connect endpoints answer Connect-shaped errors', async () => {
+    await assert.rejects(Sandbox.create('base', { apiKey: 'e2b_0000' }), AuthenticationError);
+    const sbx = await Sandbox.create('base');
+    try {
+      const headers = { 'e2b-sandbox-id': sbx.sandboxId, 'e2b-sandbox-port': '49983' };
+      const health = await fetch(`${daemon.url}/health`, {
+        headers: { ...headers, 'x-access-token': 'nope' },
+      });
+      assert.equal(health.status, 401);
+      // What curl gets from a unary Connect call with a bad body, and with an unknown pid.
+      const rpc = (body: string) =>
+        fetch(`${daemon.url}/process.Process/SendSignal`, {
+          method: 'POST',
+          headers: {
+            ...headers,
+            'x-access-token': (sbx as unknown as { envdAccessToken: string }).envdAccessToken,
+            'content-type': 'application/json',
+          },
+          body,
+        });
+      const bad = await rpc('{not json');
+      assert.equal(bad.status, 400);
+      assert.equal(((await bad.json()) as { code: string }).code, 'invalid_argument');
+      const missing = await rpc(JSON.stringify({ process: { pid: 999999 }, signal: 'SIGNAL_SIGKILL' }));
+      assert.equal(missing.status, 404);
+      assert.equal(((await missing.json()) as { code: string }).code, 'not_found');
+      await assert.rejects(Sandbox.create('no-such-template'), /404: template 'no-such-template' not found/);
+    } finally {
+      await sbx.kill();
+    }
+  });
+});
