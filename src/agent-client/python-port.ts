@@ -7,7 +7,13 @@ import { identityFor } from './identity.js';
 import { connectResynced } from './resync-socket.js';
 import { ackFrame } from '../protocol/resync.js';
 import { StartedWatch } from './started-watch.js';
-import { EvalResultSchema, firstIssue, IdentityResultSchema, PythonPingSchema } from './replies.js';
+import {
+  DroppedSchema,
+  EvalResultSchema,
+  firstIssue,
+  IdentityResultSchema,
+  PythonPingSchema,
+} from './replies.js';
 
 interface Waiter {
   what: string;
@@ -200,10 +206,19 @@ export class PythonPort {
         code: req.code,
         context: req.context ?? 'default',
         ...(req.timeout_ms ? { timeout_ms: req.timeout_ms } : {}),
+        ...(req.rich ? { rich: true } : {}),
+        ...(req.cwd ? { cwd: req.cwd } : {}),
+        ...(req.env ? { env: req.env } : {}),
       },
       EvalResultSchema,
       guard,
     );
+  }
+
+  /** Forget a named context's variables (its memory is freed with them). */
+  async dropContext(context: string): Promise<boolean> {
+    const r = await this.request<{ dropped?: unknown }>('drop_context', { context }, DroppedSchema, 10_000);
+    return r.dropped === true;
   }
 }
 

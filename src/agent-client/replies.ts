@@ -57,6 +57,8 @@ export const EvalResultSchema = z.looseObject({
   stderr: z.string(),
   error: z.looseObject({ type: z.string(), message: z.string(), traceback: z.string() }).optional(),
   duration_ms: nonNeg,
+  formats: z.record(z.string(), z.unknown()).optional(),
+  displays: z.array(z.record(z.string(), z.unknown())).max(1000).optional(),
 });
 
 export const ExecEventSchema = z.discriminatedUnion('type', [
@@ -125,3 +127,5 @@ export const ProcListSchema = z.looseObject({
 });
 
 export const EmptySchema = z.looseObject({});
+
+export const DroppedSchema = z.looseObject({ ok: z.literal(true), dropped: z.boolean() });

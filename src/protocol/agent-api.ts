@@ -107,6 +107,11 @@ export interface EvalRequest {
   /** Named persistent namespace; variables survive between evals in the same context. */
   context?: string;
   timeout_ms?: number;
+  /** Python: also the value's MIME bundle (`formats`) and open matplotlib figures (`displays`). */
+  rich?: boolean;
+  /** Python: the working directory to run in, and environment variables for this evaluation only. */
+  cwd?: string;
+  env?: Record<string, string>;
 }
 
 export interface EvalResult {
@@ -119,6 +124,10 @@ export interface EvalResult {
   stderr: string;
   error?: { type: string; message: string; traceback: string };
   duration_ms: number;
+  /** With `rich`: MIME type → data (images base64) of the last expression's value. */
+  formats?: Record<string, unknown>;
+  /** With `rich`: what the code displayed (matplotlib figures), each a MIME bundle. */
+  displays?: Record<string, unknown>[];
 }
 
 export interface AgentErrorBody {

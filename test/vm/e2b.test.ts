@@ -7,7 +7,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { AuthenticationError, CommandExitError, FileNotFoundError, Sandbox, SandboxNotFoundError } from 'e2b';
+import {
+  AuthenticationError,
+  CommandExitError,
+  FileNotFoundError,
+  Sandbox,
+  SandboxNotFoundError,
+  TimeoutError,
+} from 'e2b';
+import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
 import { isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
 import { freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
@@ -44,7 +52,14 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
     daemon = await startDaemon({
       port,
       stateDir: dirs.data,
-      args: ['--token-file', tokenFile, '--e2b-template', `base=${TAG}`],
+      args: [
+        '--token-file',
+        tokenFile,
+        '--e2b-template',
+        `base=${TAG}`,
+        '--e2b-template',
+        `code-interpreter-v1=${TAG}`,
+      ],
     });
     process.env.E2B_API_URL = daemon.url;
     process.env.E2B_SANDBOX_URL = daemon.url;
@@ -53,6 +68,8 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
   });
 
   after(async () => {
+    // What the daemon logged (warnings and errors only): the first place to look when a test failed.
+    if (daemon?.log().trim()) process.stderr.write(`--- daemon log ---\n${daemon.log()}\n`);
     if (daemon) {
       for (const s of await own.listSandboxes().catch(() => [])) await own.killSandbox(s.id).catch(() => {});
       await daemon.stop();
@@ -252,6 +269,124 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
       assert.equal(missing.status, 404);
       assert.equal(((await missing.json()) as { code: string }).code, 'not_found');
       await assert.rejects(Sandbox.create('no-such-template'), /404: template 'no-such-template' not found/);
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it('fork: children start from the state at fork time and are independent; the source keeps its id', async () => {
+    const src = await Sandbox.create('base');
+    try {
+      await src.files.write('before.txt', 'seen by forks');
+      const forks = await src.fork({ count: 2, timeoutMs: 120_000 });
+      assert.equal(forks.length, 2);
+      const [f1, f2] = forks.map((f) => {
+        assert.ok(f instanceof Sandbox, `a fork failed: ${String(f)}`);
+        return f;
+      });
+      assert.notEqual(f1!.sandboxId, src.sandboxId);
+      assert.notEqual(f1!.sandboxId, f2!.sandboxId);
+      assert.equal(await f1!.files.read('before.txt'), 'seen by forks');
+      await f1!.files.write('after.txt', 'only in f1');
+      assert.equal(await f2!.files.exists('after.txt'), false);
+      assert.equal(await src.files.exists('after.txt'), false);
+      assert.equal(await src.isRunning(), true);
+      for (const f of [f1!, f2!]) await f.kill();
+    } finally {
+      await src.kill();
+    }
+  });
+
+  it('snapshots: createSnapshot makes a template, listSnapshots finds it, deleteSnapshot removes it', async () => {
+    const src = await Sandbox.create('base');
+    try {
+      await src.files.write('snap.txt', 'in the snapshot');
+      const snap = await src.createSnapshot({ name: 'e2b-test-snap' });
+      assert.equal(snap.snapshotId, 'e2b-test-snap');
+      assert.equal(await src.isRunning(), true, 'the source runs on');
+      const listed = await Sandbox.listSnapshots({ sandboxId: src.sandboxId }).nextItems();
+      assert.deepEqual(
+        listed.map((x) => x.snapshotId),
+        ['e2b-test-snap'],
+      );
+      const fromSnap = await Sandbox.create(snap.snapshotId);
+      assert.equal(await fromSnap.files.read('snap.txt'), 'in the snapshot');
+      await fromSnap.kill();
+      assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true);
+      assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false);
+      await assert.rejects(Sandbox.create(snap.snapshotId), /404/);
+    } finally {
+      await src.kill();
+    }
+  });
+
+  it('getMetrics: real CPU, memory and disk samples', async () => {
+    const sbx = await Sandbox.create('base');
+    try {
+      const m = await sbx.getMetrics();
+      assert.ok(m.length >= 1);
+      const s = m.at(-1)!;
+      assert.ok(s.memTotal > 100 << 20 && s.memUsed > 0 && s.memUsed < s.memTotal, JSON.stringify(s));
+      assert.ok(s.diskTotal > 0 && s.diskUsed > 0 && s.diskUsed < s.diskTotal, JSON.stringify(s));
+      assert.equal(s.cpuCount, 1);
+      assert.ok(s.timestamp instanceof Date && !Number.isNaN(s.timestamp.getTime()));
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it("streams: a command's deadline leaves it running; killing the sandbox cuts its streams", async () => {
+    const sbx = await Sandbox.create('base');
+    const id = sbx.sandboxId;
+    try {
+      await assert.rejects(sbx.commands.run('sleep 30; echo late', { timeoutMs: 1500 }), TimeoutError);
+      assert.ok(
+        (await sbx.commands.list()).some(
+          (p) => p.cmd === '/bin/bash' && p.args.join(' ').includes('sleep 30'),
+        ),
+        'the command runs on after the client gave up waiting',
+      );
+      const h = await sbx.commands.run('sleep 600', { background: true, timeoutMs: 0 });
+      const waiting = assert.rejects(h.wait(), (e: Error) => {
+        assert.match(e.message, /killed or reached its end of life/);
+        return true;
+      });
+      await Sandbox.kill(id);
+      await waiting;
+    } finally {
+      await Sandbox.kill(id).catch(() => {});
+    }
+  });
+
+  it('code interpreter: results, state, errors, rich representations, contexts in Python and JavaScript', async () => {
+    const sbx = await CodeSandbox.create();
+    try {
+      const a = await sbx.runCode('x = 21 * 2\nprint("hello")\nx');
+      assert.equal(a.text, '42');
+      assert.deepEqual(a.logs.stdout, ['hello\n']);
+      assert.equal((await sbx.runCode("'a' + 'b'")).text, 'ab');
+      assert.equal((await sbx.runCode('x + 1')).text, '43', 'state persists between calls');
+      assert.equal((await sbx.runCode('np.arange(3).sum()')).text, '3', 'numpy is warm');
+      const err = await sbx.runCode('1/0');
+      assert.equal(err.error?.name, 'ZeroDivisionError');
+      assert.match(err.error!.traceback, /ZeroDivisionError/);
+      const html = await sbx.runCode(
+        'class T:\n  def _repr_html_(self): return "<b>t</b>"\n  def __repr__(self): return "T()"\nT()',
+      );
+      assert.equal(html.results[0]?.html, '<b>t</b>');
+      assert.equal(html.results[0]?.text, 'T()');
+      const env = await sbx.runCode('import os; os.environ.get("ONLY_HERE")', { envs: { ONLY_HERE: 'yes' } });
+      assert.equal(env.text, 'yes');
+      const ctx = await sbx.createCodeContext({ language: 'python' });
+      await sbx.runCode('y = 1', { context: ctx });
+      assert.equal((await sbx.runCode('y', { context: ctx })).text, '1');
+      assert.equal((await sbx.runCode("'y' in dir()")).text, 'False', 'contexts do not share variables');
+      assert.ok((await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
+      await sbx.restartCodeContext(ctx);
+      assert.equal((await sbx.runCode('y', { context: ctx })).error?.name, 'NameError');
+      await sbx.removeCodeContext(ctx);
+      assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
+      assert.equal((await sbx.runCode('[1, 2].map((n) => n * 2)', { language: 'js' })).text, '[ 2, 4 ]');
     } finally {
       await sbx.kill();
     }

@@ -43,7 +43,7 @@ export function toConnectError(e: unknown): ConnectError {
  */
 export function failStream(ctx: HandlerContext, e: unknown): never {
   const plane = ctx.values.get(kPlane);
-  if (plane && plane.live.vm.isAlive() === false) ctx.values.get(kRaw)?.raw.socket.destroy();
+  if (plane && (plane.gone() || !plane.live.vm.isAlive())) ctx.values.get(kRaw)?.raw.socket.destroy();
   throw toConnectError(e);
 }
 

@@ -11,6 +11,7 @@ import type { Controller } from '../controller.js';
 import type { SandboxRecord } from '../state.js';
 import { DEFAULT_TIMEOUT_S, endAtMs, sandboxDetailJson, sandboxJson, type E2bOptions } from './view.js';
 import { parseMetadataQuery } from './list-query.js';
+import { MetricsSampler } from './metrics.js';
 
 const Id = z.object({ id: z.string().min(1).max(128) });
 const StrMap = z.record(z.string(), z.string());
@@ -28,6 +29,10 @@ const CreateBody = z.looseObject({
   metadata: StrMap.optional(),
   envVars: StrMap.optional(),
   autoPause: z.boolean().optional(),
+});
+const MetricsQuery = z.looseObject({
+  start: z.coerce.number().int().nonnegative().optional(),
+  end: z.coerce.number().int().nonnegative().optional(),
 });
 const TimeoutBody = z.looseObject({ timeout: TimeoutS.optional() });
 const ListQuery = z.looseObject({
@@ -161,6 +166,17 @@ export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginA
         live(req.params.id);
         ctl.sandboxes.setTimeout(req.params.id, req.body.timeout ?? DEFAULT_TIMEOUT_S);
         return reply.status(204).send();
+      },
+    );
+
+    const metrics = new MetricsSampler(ctl);
+    app.addHook('onClose', async () => metrics.close());
+    app.get(
+      '/sandboxes/:id/metrics',
+      { schema: { hide: true, params: Id, querystring: MetricsQuery } },
+      async (req) => {
+        const l = live(req.params.id);
+        return metrics.query(l, req.query.start, req.query.end);
       },
     );
 

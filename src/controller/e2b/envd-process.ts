@@ -50,12 +50,19 @@ function selector(sel: ProcessSelector | undefined): ProcSelector {
 async function* relay(stream: ProcEventStream, ctx: HandlerContext) {
   const stop = () => stream.close();
   ctx.signal.addEventListener('abort', stop, { once: true });
+  let ended = false;
   try {
     const keepalive = (): MessageInitShape<typeof ProcessEventSchema> => ({
       event: { case: 'keepalive', value: {} },
     });
-    for await (const ev of withKeepalive(stream[Symbol.asyncIterator](), keepaliveMs(ctx), keepalive))
+    for await (const ev of withKeepalive(stream[Symbol.asyncIterator](), keepaliveMs(ctx), keepalive)) {
+      if ('type' in ev && ev.type === 'end') ended = true;
       yield { event: 'type' in ev ? toEvent(ev) : ev };
+    }
+    // The guest's stream stopped before the process ended: the agent session went (the sandbox was
+    // killed, or its agent restarted).
+    if (!ended && !ctx.signal.aborted)
+      throw new ConnectError('the process stream from the guest ended early', Code.Unavailable);
   } catch (e) {
     failStream(ctx, e);
   } finally {

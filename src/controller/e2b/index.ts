@@ -13,12 +13,14 @@ import type { Controller } from '../controller.js';
 import { statusOf } from '../http-errors.js';
 import { kPlane, kRaw } from './connect-util.js';
 import { controlRoutes } from './control.js';
+import { snapshotRoutes } from './control-snapshots.js';
 import { filesystemService } from './envd-filesystem.js';
 import { envdHttpRoutes } from './envd-http.js';
 import { processService } from './envd-process.js';
 import { Filesystem } from './gen/filesystem/filesystem_pb.js';
 import { Process } from './gen/process/process_pb.js';
-import { ENVD_PORT, sandboxPlaneHook } from './sandbox-plane.js';
+import { ENVD_PORT, INTERPRETER_PORT, sandboxPlaneHook } from './sandbox-plane.js';
+import { interpreterRoutes } from './interpreter.js';
 import type { E2bOptions } from './view.js';
 
 export type { E2bOptions } from './view.js';
@@ -51,6 +53,7 @@ export async function registerE2b(
         });
     });
     await control.register(controlRoutes(ctl, opts));
+    await control.register(snapshotRoutes(ctl));
   });
 
   await app.register(async (envd) => {
@@ -69,5 +72,12 @@ export async function registerE2b(
       },
       contextValues: (req) => createContextValues().set(kPlane, req.e2b).set(kRaw, req),
     });
+  });
+
+  await app.register(async (interp) => {
+    interp.addHook('onRoute', (r) => void e2bRouteUrls.add(r.url));
+    interp.setErrorHandler(e2bErrorHandler);
+    interp.addHook('onRequest', sandboxPlaneHook(ctl, INTERPRETER_PORT));
+    await interp.register(interpreterRoutes(ctl));
   });
 }

@@ -18,6 +18,8 @@ export interface PlaneRequest {
   port: number;
   /** The guest account the request acts as: Basic auth's user, else E2B's default `user`. */
   user: string;
+  /** Whether the sandbox has been killed (or has exited) since the request began. */
+  gone: () => boolean;
 }
 
 declare module 'fastify' {
@@ -80,7 +82,9 @@ export function sandboxPlaneHook(ctl: Controller, wantPort: number) {
       const r = checkFileSignature(query, op, token);
       if (!r.ok) return reply.status(401).send({ code: 401, message: r.why });
     } else {
-      const given = req.headers['x-access-token'];
+      // The code interpreter sends the envd token only to /execute; elsewhere its traffic token (which
+      // forkd makes the same).
+      const given = req.headers['x-access-token'] ?? req.headers['e2b-traffic-access-token'];
       if (typeof given !== 'string' || !sameSecret(given, token))
         return reply.status(401).send({
           code: 401,
@@ -89,6 +93,12 @@ export function sandboxPlaneHook(ctl: Controller, wantPort: number) {
             : 'missing X-Access-Token (the envdAccessToken of create/connect)',
         });
     }
-    req.e2b = { live, port, user: basicUser(req.headers.authorization) ?? DEFAULT_USER };
+    const found = live;
+    req.e2b = {
+      live,
+      port,
+      user: basicUser(req.headers.authorization) ?? DEFAULT_USER,
+      gone: () => ctl.sandboxes.live.get(found.rec.id) !== found,
+    };
   };
 }

@@ -42,12 +42,13 @@ export function sandboxJson(ctl: Controller, rec: SandboxRecord) {
     clientID: 'forkd',
     envdVersion: ENVD_VERSION,
     envdAccessToken: accessToken(ctl, rec),
-    trafficAccessToken: null,
+    // The code interpreter authenticates its /contexts calls with this one only.
+    trafficAccessToken: accessToken(ctl, rec),
     domain: null,
   };
 }
 
-function machineOfTag(tag: string): { cpuCount: number; memoryMB: number; diskSizeMB: number } {
+export function machineOfTag(tag: string): { cpuCount: number; memoryMB: number; diskSizeMB: number } {
   try {
     const m = loadSnapshot(tag).meta;
     return {

@@ -184,7 +184,17 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       if (lang === 'js') return sendJson(stream, 200, await evalJs(req.code, context, timeout));
       if (lang !== 'python') return sendJson(stream, 400, { error: '"language" must be "python" or "js"' });
       try {
-        const r = await python.request({ op: 'eval', code: req.code, context }, timeout);
+        const r = await python.request(
+          {
+            op: 'eval',
+            code: req.code,
+            context,
+            ...(req.rich ? { rich: true } : {}),
+            ...(typeof req.cwd === 'string' ? { cwd: req.cwd } : {}),
+            ...(req.env && typeof req.env === 'object' ? { env: req.env } : {}),
+          },
+          timeout,
+        );
         delete r.id;
         return sendJson(stream, 200, r);
       } catch (e) {

@@ -8,6 +8,7 @@ and going through the agent's HTTP/2 stack first costs several times the Python 
 user's own stdout/stderr are captured per eval.
 """
 import ast
+import base64
 import contextlib
 import fcntl
 import gc
@@ -23,6 +24,9 @@ import struct
 import sys
 import time
 import traceback
+
+# Figures render to PNG for eval results: there is no display in a sandbox.
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 try:
     import numpy
@@ -254,8 +258,62 @@ def user_traceback(exc):
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+# The representations a notebook shows, by method (IPython's display protocol), and their MIME types.
+REPR_METHODS = (
+    ("_repr_html_", "text/html"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"),
+    ("_repr_latex_", "text/latex"),
+    ("_repr_json_", "application/json"),
+    ("_repr_javascript_", "application/javascript"),
+)
+
+
+def rich_formats(value):
+    """A value's MIME bundle: its repr, plus what its _repr_*_ methods give (images as base64)."""
+    out = {"text/plain": repr(value)}
+    for attr, mime in REPR_METHODS:
+        fn = getattr(value, attr, None)
+        if not callable(fn) or isinstance(value, type):
+            continue
+        try:
+            data = fn()
+        except Exception:
+            continue
+        if isinstance(data, tuple):
+            data = data[0]
+        if data is None:
+            continue
+        if isinstance(data, bytes):
+            data = base64.b64encode(data).decode()
+        out[mime] = data
+    return out
+
+
+def open_figures():
+    """matplotlib figures the code left open, as PNG bundles (what a notebook shows), then closed."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return []
+    shown = []
+    for num in plt.get_fignums():
+        fig = plt.figure(num)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        shown.append({"image/png": base64.b64encode(buf.getvalue()).decode(), "text/plain": repr(fig)})
+    plt.close("all")
+    return shown
+
+
 def do_eval(msg):
     ns = contexts.setdefault(msg.get("context") or "default", new_namespace())
+    if isinstance(msg.get("cwd"), str) and os.path.isdir(msg["cwd"]):
+        os.chdir(msg["cwd"])
+    env = msg.get("env") if isinstance(msg.get("env"), dict) else {}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update({str(k): str(v) for k, v in env.items()})
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
     reply = {"ok": True, "result": None}
@@ -276,6 +334,10 @@ def do_eval(msg):
                 reply["result_json"] = json.loads(json.dumps(value, allow_nan=False))
             except (TypeError, ValueError):
                 pass
+        if msg.get("rich"):
+            if value is not None:
+                reply["formats"] = rich_formats(value)
+            reply["displays"] = open_figures()
     except BaseException as exc:  # a timeout arrives as EvalTimeout (host port) or KeyboardInterrupt (agent)
         timed_out = isinstance(exc, (KeyboardInterrupt, EvalTimeout))
         reply = {
@@ -289,6 +351,11 @@ def do_eval(msg):
         }
     finally:
         disarm_timeout()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     reply["stdout"] = out.getvalue()
     reply["stderr"] = err.getvalue()
     reply["duration_ms"] = round((time.perf_counter() - t0) * 1000, 2)
@@ -364,6 +431,8 @@ def handle(line):
             reply = {"ok": True, "python": sys.version.split()[0], "numpy": NUMPY_VERSION, "pid": os.getpid()}
         elif op == "settle":
             reply = do_settle()
+        elif op == "drop_context":
+            reply = {"ok": True, "dropped": contexts.pop(str(msg.get("context")), None) is not None}
         else:
             reply = {"ok": False, "error": {"type": "ValueError", "message": "unknown op %r" % op, "traceback": ""}}
     except Exception as exc:  # a bad request (missing field, wrong type): that request fails, not the worker
