@@ -16,11 +16,13 @@ import {
   IdentityResultSchema,
   SettleResultSchema,
   PingSchema,
+  ProcEventSchema,
   ProcListSchema,
   EmptySchema,
+  WatchEventSchema,
   RemovedSchema,
 } from './replies.js';
-import { ProcEventStream } from './proc-stream.js';
+import { NdjsonStream } from './ndjson-stream.js';
 import { AgentWire } from './wire.js';
 import { AGENT_LIMITS, AgentError } from './errors.js';
 import type {
@@ -34,8 +36,10 @@ import type {
   IdentityResult,
   SettleResult,
   PingResponse,
+  ProcEvent,
   ProcInfo,
   ProcSelector,
+  WatchEvent,
   ProcStartRequest,
 } from '../protocol/agent-api.js';
 
@@ -475,9 +479,27 @@ export class AgentClient {
    * Resolves once the agent answered: with its events (the first is `start`), or rejects with the
    * agent's error (404 for an unknown process). The process outlives the returned stream.
    */
-  procEvents(route: 'start' | 'attach', body: ProcStartRequest | ProcSelector): Promise<ProcEventStream> {
+  procEvents(
+    route: 'start' | 'attach',
+    body: ProcStartRequest | ProcSelector,
+  ): Promise<NdjsonStream<ProcEvent>> {
     const path = route === 'start' ? '/v1/procs' : '/v1/procs/attach';
-    return this.tracked<ProcEventStream>(`process ${route}`, 60_000, (resolve, reject) => {
+    return this.eventStream(path, body, ProcEventSchema, `process ${route}`);
+  }
+
+  /** Changes under a guest directory (POST /v1/watch): a `start`, then one event per change. */
+  watchDir(dir: string, recursive: boolean): Promise<NdjsonStream<WatchEvent>> {
+    return this.eventStream('/v1/watch', { path: dir, recursive }, WatchEventSchema, 'watch');
+  }
+
+  /** POST an NDJSON stream request; resolves with its events once the agent answered 200. */
+  private eventStream<T>(
+    path: string,
+    body: unknown,
+    schema: z.ZodType,
+    what: string,
+  ): Promise<NdjsonStream<T>> {
+    return this.tracked<NdjsonStream<T>>(what, 60_000, (resolve, reject) => {
       const req = this.session.request({
         ':method': 'POST',
         ':path': path,
@@ -485,13 +507,13 @@ export class AgentClient {
       });
       req.on('response', (h) => {
         const status = Number(h[':status']) || 500;
-        if (status === 200) return resolve(new ProcEventStream(req));
-        readReply(req, `process ${route}`, AGENT_LIMITS.errorChars * 4).then(
+        if (status === 200) return resolve(new NdjsonStream<T>(req, schema, what));
+        readReply(req, what, AGENT_LIMITS.errorChars * 4).then(
           ({ text }) => reject(agentHttpError(status, text)),
           reject,
         );
       });
-      req.on('error', (e) => reject(new AgentError(0, `agent process ${route}: ${e.message}`)));
+      req.on('error', (e) => reject(new AgentError(0, `agent ${what}: ${e.message}`)));
       req.end(JSON.stringify(body));
       return req;
     });
@@ -504,6 +526,11 @@ export class AgentClient {
   /** Bytes to a process's stdin (it must have been started with `stdin: true`). */
   procInput(sel: ProcSelector, data: Buffer): Promise<Record<string, never>> {
     return this.json(EmptySchema, 'POST', '/v1/procs/input', { ...sel, data: data.toString('base64') });
+  }
+
+  /** A terminal's new size (a process started with `pty`). */
+  procResize(sel: ProcSelector, cols: number, rows: number): Promise<Record<string, never>> {
+    return this.json(EmptySchema, 'POST', '/v1/procs/resize', { ...sel, cols, rows });
   }
 
   procCloseStdin(sel: ProcSelector): Promise<Record<string, never>> {

@@ -129,3 +129,12 @@ export const ProcListSchema = z.looseObject({
 export const EmptySchema = z.looseObject({});
 
 export const DroppedSchema = z.looseObject({ ok: z.literal(true), dropped: z.boolean() });
+
+export const WatchEventSchema = z.discriminatedUnion('type', [
+  z.looseObject({ type: z.literal('start') }),
+  z.looseObject({
+    type: z.literal('event'),
+    name: z.string().max(4096),
+    op: z.enum(['create', 'write', 'remove']),
+  }),
+]);

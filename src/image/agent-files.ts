@@ -19,10 +19,8 @@ export function agentFiles(): Array<{ dest: string; src: string }> {
       if (f.endsWith('.js')) out.push({ dest: `src/${sub}/${f}`, src: path.join(dir, f) });
     }
   }
-  out.push({
-    dest: 'src/guest/agent/pyworker.py',
-    src: path.join(root, 'src', 'guest', 'agent', 'pyworker.py'),
-  });
+  for (const py of ['pyworker.py', 'ptyrelay.py'])
+    out.push({ dest: `src/guest/agent/${py}`, src: path.join(root, 'src', 'guest', 'agent', py) });
   out.push({ dest: 'init', src: path.join(root, 'src', 'guest', 'init', 'rootfs-init.sh') });
   return out;
 }

@@ -18,6 +18,8 @@
  *   GET  /v1/procs                   -> { processes: ProcInfo[] }
  *   POST /v1/procs/input  { pid | tag, data (base64) } -> {}
  *   POST /v1/procs/close-stdin { pid | tag } -> {}
+ *   POST /v1/watch { path, recursive? } -> NDJSON stream of WatchEvent lines until closed
+ *   POST /v1/procs/resize { pid | tag, cols, rows } -> {}  (a process started with a pty)
  *   POST /v1/procs/signal { pid | tag, signal: "SIGKILL" | "SIGTERM" | ... } -> {}
  */
 export const AGENT_API_VERSION = 1;
@@ -163,6 +165,7 @@ export interface ProcStartRequest {
   /** Keep stdin open for /v1/procs/input until /v1/procs/close-stdin; otherwise it is /dev/null. */
   stdin?: boolean;
   tag?: string;
+  /** Run on a pseudo-terminal of this size (output comes as `pty` data; input goes to the terminal). */
   pty?: { cols: number; rows: number };
 }
 
@@ -182,3 +185,7 @@ export type ProcEvent =
 
 /** A process by pid or by the tag it was started with. */
 export type ProcSelector = { pid: number } | { tag: string };
+
+/** A change under a watched directory; `name` is relative to it. */
+export type WatchEvent =
+  { type: 'start' } | { type: 'event'; name: string; op: 'create' | 'write' | 'remove' };

@@ -3,6 +3,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ROOT } from './env.js';
+import { scaledMs } from '../../src/util/host-speed.js';
 import type { Controller } from '../../src/sdk/index.js';
 
 export const CONTROLLER = path.join(ROOT, 'bin', 'forkd-controller');
@@ -51,7 +52,9 @@ export async function startDaemon(opts: {
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
   const url = `http://127.0.0.1:${opts.port}`;
-  const deadline = Date.now() + 30_000;
+  // A cap to report a daemon that never answers, not a speed target: loading its modules takes a
+  // second here and many more inside the KVM suite's emulated outer VM.
+  const deadline = Date.now() + scaledMs(120_000);
   for (;;) {
     try {
       const r = await fetch(`${url}/healthz`);

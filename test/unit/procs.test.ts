@@ -104,6 +104,32 @@ describe('guest process table', () => {
     assert.match(validateProcStart({ argv: ['a'], env: { A: 1 as unknown as string } }) ?? '', /strings/);
   });
 
+  it('a process on a terminal: it sees a tty of the given size, takes input and resizes', async () => {
+    process.env.FORKD_PTY_RELAY = path.resolve('src/guest/agent/ptyrelay.py');
+    const t = new ProcTable();
+    const sub = recorder();
+    const { pid } = await t.start(
+      {
+        argv: ['/bin/sh', '-c', 'tty; stty size; read x; stty size; echo "got $x"'],
+        pty: { cols: 100, rows: 30 },
+      },
+      sub,
+    );
+    await waitFor(() => sub.text().includes('30 100'), 'the first size');
+    assert.match(sub.text(), /^\/dev\/pts\/\d+/);
+    assert.ok(
+      sub.events.some((e) => e.type === 'data' && e.stream === 'pty'),
+      'output comes as pty data',
+    );
+    t.resize({ pid }, 120, 40);
+    t.input({ pid }, Buffer.from('hi\n'));
+    const evs = await sub.ended;
+    assert.match(sub.text(), /40 120/);
+    assert.match(sub.text(), /got hi/);
+    assert.deepEqual(evs.at(-1), { type: 'end', exit_code: 0, signal: null });
+    assert.throws(() => t.resize({ pid }, 1, 1), /not found/);
+  });
+
   it('looks users up in passwd', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-users-'));
     const f = path.join(dir, 'passwd');

@@ -391,4 +391,50 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
       await sbx.kill();
     }
   });
+
+  it('pty: bash on a real terminal, input, resize, kill; watchDir sees changes, recursively', async () => {
+    const sbx = await Sandbox.create('base');
+    try {
+      let out = '';
+      const term = await sbx.pty.create({
+        cols: 100,
+        rows: 30,
+        onData: (d) => void (out += new TextDecoder().decode(d)),
+        timeoutMs: 0,
+      });
+      const send = (text: string) => sbx.pty.sendInput(term.pid, new TextEncoder().encode(text));
+      await send('tty; stty size; echo "term=$TERM"\n');
+      await waitUntil(
+        async () => /30 100/.test(out) && /term=xterm-256color/.test(out),
+        'the terminal to answer',
+      );
+      assert.match(out, /\/dev\/pts\/\d+/);
+      await sbx.pty.resize(term.pid, { cols: 132, rows: 43 });
+      await send('stty size\n');
+      await waitUntil(async () => /43 132/.test(out), 'the new size');
+      assert.equal(await sbx.pty.kill(term.pid), true);
+      await assert.rejects(term.wait());
+
+      await sbx.files.makeDir('watched/sub');
+      const events: string[] = [];
+      const w = await sbx.files.watchDir('watched', (e) => void events.push(`${e.type} ${e.name}`), {
+        recursive: true,
+        timeoutMs: 0,
+      });
+      await sbx.files.write('watched/a.txt', 'a');
+      await sbx.files.write('watched/sub/b.txt', 'b');
+      await sbx.commands.run('rm /home/user/watched/a.txt');
+      await waitUntil(
+        async () => events.includes('remove a.txt') && events.some((e) => e.endsWith(' sub/b.txt')),
+        `watch events (got ${events.join(', ')})`,
+      );
+      assert.ok(
+        events.some((e) => e.endsWith(' a.txt') && !e.startsWith('remove')),
+        events.join(', '),
+      );
+      await w.stop();
+    } finally {
+      await sbx.kill();
+    }
+  });
 });

@@ -6,9 +6,12 @@ import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { AgentError } from '../../agent-client/client.js';
 import type { FileEntry } from '../../protocol/agent-api.js';
-import { planeOf, toConnectError } from './connect-util.js';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { NdjsonStream } from '../../agent-client/ndjson-stream.js';
+import type { WatchEvent } from '../../protocol/agent-api.js';
+import { failStream, keepaliveMs, planeOf, toConnectError, withKeepalive } from './connect-util.js';
 import { guestPath } from './envd-http.js';
-import { Filesystem, FileType } from './gen/filesystem/filesystem_pb.js';
+import { EventType, Filesystem, FileType, WatchDirResponseSchema } from './gen/filesystem/filesystem_pb.js';
 
 /** `ls -l`'s permission text for a type and mode ("-rw-r--r--", "drwxr-xr-x"). */
 export function permissionsText(type: FileEntry['type'], mode: number): string {
@@ -114,8 +117,48 @@ export const filesystemService: Partial<ServiceImpl<typeof Filesystem>> = {
     return {};
   },
 
-  // eslint-disable-next-line require-yield
-  async *watchDir() {
-    throw new ConnectError('watching directories is not available in this forkd yet', Code.Unimplemented);
+  async *watchDir(req, ctx) {
+    const { live, user } = planeOf(ctx);
+    const p = pathOf(req.path, user);
+    let stream: NdjsonStream<WatchEvent>;
+    try {
+      stream = await (await live.guest.agent()).watchDir(p, req.recursive);
+    } catch (e) {
+      throw notFoundOr(e, p);
+    }
+    const stop = () => stream.close();
+    ctx.signal.addEventListener('abort', stop, { once: true });
+    const keepalive = (): MessageInitShape<typeof WatchDirResponseSchema> => ({
+      event: { case: 'keepalive', value: {} },
+    });
+    try {
+      for await (const ev of withKeepalive(stream[Symbol.asyncIterator](), keepaliveMs(ctx), keepalive)) {
+        if (!('type' in ev)) yield ev;
+        else if (ev.type === 'start') yield { event: { case: 'start', value: {} } };
+        else
+          yield {
+            event: {
+              case: 'filesystem',
+              value: {
+                name: ev.name,
+                type:
+                  ev.op === 'create'
+                    ? EventType.CREATE
+                    : ev.op === 'write'
+                      ? EventType.WRITE
+                      : EventType.REMOVE,
+              },
+            },
+          };
+      }
+      if (!ctx.signal.aborted)
+        throw new ConnectError('the watch stream from the guest ended early', Code.Unavailable);
+    } catch (e) {
+      failStream(ctx, e);
+    } finally {
+      ctx.signal.removeEventListener('abort', stop);
+      stream.close();
+    }
+    if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason);
   },
 };

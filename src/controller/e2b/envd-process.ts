@@ -4,7 +4,7 @@
  * `commands.connect(pid)` expect.
  */
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
-import type { ProcEventStream } from '../../agent-client/proc-stream.js';
+import type { NdjsonStream } from '../../agent-client/ndjson-stream.js';
 import type { ProcEvent, ProcSelector } from '../../protocol/agent-api.js';
 import { failStream, keepaliveMs, planeOf, toConnectError, withKeepalive } from './connect-util.js';
 import { homeOf } from './envd-http.js';
@@ -47,7 +47,7 @@ function selector(sel: ProcessSelector | undefined): ProcSelector {
 }
 
 /** Stream a process's events until it ends, the client goes, or the deadline passes. */
-async function* relay(stream: ProcEventStream, ctx: HandlerContext) {
+async function* relay(stream: NdjsonStream<ProcEvent>, ctx: HandlerContext) {
   const stop = () => stream.close();
   ctx.signal.addEventListener('abort', stop, { once: true });
   let ended = false;
@@ -76,10 +76,9 @@ async function* relay(stream: ProcEventStream, ctx: HandlerContext) {
 export const processService: Partial<ServiceImpl<typeof Process>> = {
   async *start(req, ctx) {
     const { live, user } = planeOf(ctx);
-    if (req.pty) throw new ConnectError('PTYs are not available in this forkd yet', Code.Unimplemented);
     const cfg = req.process;
     if (!cfg?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
-    let stream: ProcEventStream;
+    let stream: NdjsonStream<ProcEvent>;
     try {
       const agent = await live.guest.agent();
       stream = await agent.procEvents('start', {
@@ -88,6 +87,7 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
         cwd: cfg.cwd ?? homeOf(user),
         user,
         stdin: req.stdin ?? true,
+        ...(req.pty ? { pty: { cols: req.pty.size?.cols || 80, rows: req.pty.size?.rows || 24 } } : {}),
         ...(req.tag !== undefined ? { tag: req.tag } : {}),
       });
     } catch (e) {
@@ -98,7 +98,7 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
 
   async *connect(req, ctx) {
     const { live } = planeOf(ctx);
-    let stream: ProcEventStream;
+    let stream: NdjsonStream<ProcEvent>;
     try {
       stream = await (await live.guest.agent()).procEvents('attach', selector(req.process));
     } catch (e) {
@@ -127,8 +127,6 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
     const { live } = planeOf(ctx);
     const input = req.input?.input;
     if (!input?.case) throw new ConnectError('input.stdin or input.pty is required', Code.InvalidArgument);
-    if (input.case === 'pty')
-      throw new ConnectError('PTYs are not available in this forkd yet', Code.Unimplemented);
     try {
       await (await live.guest.agent()).procInput(selector(req.process), Buffer.from(input.value));
       return {};
@@ -160,10 +158,16 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
     }
   },
 
-  async update() {
-    throw new ConnectError(
-      'PTYs are not available in this forkd yet (nothing to resize)',
-      Code.Unimplemented,
-    );
+  async update(req, ctx) {
+    const { live } = planeOf(ctx);
+    const size = req.pty?.size;
+    if (!size?.cols || !size.rows)
+      throw new ConnectError('pty.size {cols, rows} is required', Code.InvalidArgument);
+    try {
+      await (await live.guest.agent()).procResize(selector(req.process), size.cols, size.rows);
+      return {};
+    } catch (e) {
+      throw toConnectError(e);
+    }
   },
 };

@@ -18,6 +18,7 @@ import { PortTransport, findPortDevice } from './port.js';
 import { runExec, validateExec } from './exec.js';
 import { procRoute } from './procs-routes.js';
 import { lookupUser } from './users.js';
+import { watchRoute } from './watch-route.js';
 import { PythonWorker } from './python.js';
 import { evalJs, resetRandomPools } from './jseval.js';
 import { applyIdentity, currentSandboxId, validateIdentity } from './identity.js';
@@ -118,6 +119,7 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       return sendJson(stream, 400, { error: 'request body must be a JSON object' });
   }
   if (await procRoute(route, stream, body, sendJson)) return;
+  if (route === 'POST /v1/watch') return watchRoute(stream, body, sendJson);
   switch (route) {
     case 'GET /v1/ping': {
       const res: PingResponse = {

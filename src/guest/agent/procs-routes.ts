@@ -95,6 +95,7 @@ export async function procRoute(
     }
     case 'POST /v1/procs/input':
     case 'POST /v1/procs/close-stdin':
+    case 'POST /v1/procs/resize':
     case 'POST /v1/procs/signal': {
       const sel = parseSelector(body);
       if (typeof sel === 'string') {
@@ -109,7 +110,12 @@ export async function procRoute(
             throw new ProcError(413, `input over ${MAX_INPUT_BYTES} bytes: send it in parts`);
           table.input(sel, data);
         } else if (route === 'POST /v1/procs/close-stdin') table.closeStdin(sel);
-        else {
+        else if (route === 'POST /v1/procs/resize') {
+          const n = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 10_000;
+          if (!n(body.cols) || !n(body.rows))
+            throw new ProcError(400, '"cols" and "rows" must be integers 1..10000');
+          table.resize(sel, body.cols as number, body.rows as number);
+        } else {
           if (typeof body.signal !== 'string' || !SIGNALS.has(body.signal))
             throw new ProcError(400, `"signal" must be one of ${[...SIGNALS].join(', ')}`);
           table.signal(sel, body.signal as NodeJS.Signals);

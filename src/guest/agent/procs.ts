@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { BASE_ENV } from './exec.js';
 import { lookupUser } from './users.js';
 import type { ProcEvent, ProcInfo, ProcStartRequest } from '../../protocol/agent-api.js';
@@ -29,7 +30,16 @@ interface Proc {
   child: ChildProcess;
   subs: Set<Subscriber>;
   stdinOpen: boolean;
+  /** A process on a terminal: its output is the terminal's, and fd 3 of the relay takes resizes. */
+  pty: boolean;
 }
+
+/**
+ * The PTY relay (ptyrelay.py): Node has no pseudo-terminals of its own. In the guest it sits next to
+ * this file; host tests, which run the compiled file from dist/, name the source one.
+ */
+const ptyRelay = () =>
+  process.env.FORKD_PTY_RELAY ?? fileURLToPath(new URL('./ptyrelay.py', import.meta.url));
 
 export class ProcError extends Error {
   constructor(
@@ -51,7 +61,11 @@ export function validateProcStart(req: ProcStartRequest): string | undefined {
   if (req.cwd !== undefined && typeof req.cwd !== 'string') return '"cwd" must be a string';
   if (req.user !== undefined && typeof req.user !== 'string') return '"user" must be a string';
   if (req.tag !== undefined && typeof req.tag !== 'string') return '"tag" must be a string';
-  if (req.pty !== undefined) return 'a PTY is not available in this guest agent';
+  if (req.pty !== undefined) {
+    const ok = (n: unknown) => typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= 10_000;
+    if (typeof req.pty !== 'object' || req.pty === null || !ok(req.pty.cols) || !ok(req.pty.rows))
+      return '"pty" must be {cols, rows}, integers 1..10000';
+  }
   return undefined;
 }
 
@@ -82,22 +96,33 @@ export class ProcTable {
     };
     return new Promise((resolve, reject) => {
       let child: ChildProcess;
+      const pty = req.pty;
       try {
-        child = spawn(req.argv[0]!, req.argv.slice(1), {
-          cwd,
-          env,
-          uid: user.uid,
-          gid: user.gid,
-          detached: true,
-          stdio: [req.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-        });
+        child = pty
+          ? spawn('python3', [ptyRelay(), String(pty.cols), String(pty.rows), ...req.argv], {
+              cwd,
+              env,
+              uid: user.uid,
+              gid: user.gid,
+              detached: true,
+              stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
+            })
+          : spawn(req.argv[0]!, req.argv.slice(1), {
+              cwd,
+              env,
+              uid: user.uid,
+              gid: user.gid,
+              detached: true,
+              stdio: [req.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+            });
       } catch (e) {
         reject(new ProcError(400, (e as Error).message));
         return;
       }
       child.once('error', (e: NodeJS.ErrnoException) => {
         if (child.pid !== undefined && this.procs.has(child.pid)) return; // after spawn: 'close' reports
-        reject(new ProcError(400, e.code === 'ENOENT' ? `${req.argv[0]}: not found` : e.message));
+        const what = pty ? 'python3 (a terminal needs the guest to have Python)' : req.argv[0];
+        reject(new ProcError(400, e.code === 'ENOENT' ? `${what}: not found` : e.message));
       });
       child.once('spawn', () => {
         const info: ProcInfo = {
@@ -107,7 +132,14 @@ export class ProcTable {
           cwd,
           ...(req.tag !== undefined ? { tag: req.tag } : {}),
         };
-        const proc: Proc = { info, child, subs: new Set([sub]), stdinOpen: Boolean(req.stdin) };
+        const proc: Proc = {
+          info,
+          child,
+          subs: new Set([sub]),
+          stdinOpen: Boolean(req.stdin) || Boolean(pty),
+          pty: Boolean(pty),
+        };
+        (child.stdio[3] as NodeJS.WritableStream | null)?.on('error', () => {});
         this.procs.set(info.pid, proc);
         sub.send({ type: 'start', pid: info.pid });
         this.pipeOutput(proc);
@@ -148,6 +180,14 @@ export class ProcTable {
     p.child.stdin.write(data);
   }
 
+  /** A terminal's new window size (the program gets SIGWINCH). */
+  resize(sel: Selector, cols: number, rows: number): void {
+    const p = this.find(sel);
+    const control = p.child.stdio[3] as NodeJS.WritableStream | null;
+    if (!p.pty || !control) throw new ProcError(400, `process ${p.info.pid} has no terminal to resize`);
+    control.write(`${cols} ${rows}\n`);
+  }
+
   closeStdin(sel: Selector): void {
     const p = this.find(sel);
     p.stdinOpen = false;
@@ -184,7 +224,8 @@ export class ProcTable {
     for (const which of ['stdout', 'stderr'] as const) {
       const r = p.child[which]!;
       r.on('data', (d: Buffer) => {
-        const ev: ProcEvent = { type: 'data', stream: which, data: d.toString('base64') };
+        const stream = p.pty ? 'pty' : which;
+        const ev: ProcEvent = { type: 'data', stream, data: d.toString('base64') };
         for (const s of p.subs) s.send(ev);
         this.pauseIfBacklogged(p);
       });

@@ -1,33 +1,36 @@
 import http2 from 'node:http2';
-import type { ProcEvent } from '../protocol/agent-api.js';
-import { firstIssue, ProcEventSchema } from './replies.js';
+import type { z } from 'zod';
+import { firstIssue } from './replies.js';
 import { AGENT_LIMITS, AgentError } from './errors.js';
 
 /**
- * The events of one guest process as the agent streams them (NDJSON), validated line by line and
- * iterated with backpressure: the HTTP/2 stream is paused while the consumer is behind. Closing the
- * iterator (or `close()`) cancels the stream; the process runs on in the guest.
+ * A stream of events from the agent (NDJSON: a process's output, a directory's changes), validated
+ * line by line against `schema` and iterated with backpressure: the HTTP/2 stream is paused while the
+ * consumer is behind. Closing the iterator (or `close()`) cancels the stream (a process runs on).
  */
-export class ProcEventStream implements AsyncIterable<ProcEvent> {
-  private readonly queue: ProcEvent[] = [];
-  private waiting:
-    { resolve: (r: IteratorResult<ProcEvent>) => void; reject: (e: Error) => void } | undefined;
+export class NdjsonStream<T> implements AsyncIterable<T> {
+  private readonly queue: T[] = [];
+  private waiting: { resolve: (r: IteratorResult<T>) => void; reject: (e: Error) => void } | undefined;
   private buf = '';
   private done = false;
   private failure: Error | undefined;
 
-  constructor(private readonly req: http2.ClientHttp2Stream) {
+  constructor(
+    private readonly req: http2.ClientHttp2Stream,
+    private readonly schema: z.ZodType,
+    private readonly what: string,
+  ) {
     req.setEncoding('utf8');
     req.on('data', (d: string) => this.onData(d));
     req.on('end', () => this.finish());
     req.on('close', () =>
       this.finish(
         req.rstCode && req.rstCode !== http2.constants.NGHTTP2_NO_ERROR
-          ? new AgentError(0, 'the process stream was reset (the agent session was lost?)', 'ECONNRESET')
+          ? new AgentError(0, `the ${what} stream was reset (the agent session was lost?)`, 'ECONNRESET')
           : undefined,
       ),
     );
-    req.on('error', (e) => this.finish(new AgentError(0, `process stream: ${e.message}`, 'ECONNRESET')));
+    req.on('error', (e) => this.finish(new AgentError(0, `${what} stream: ${e.message}`, 'ECONNRESET')));
   }
 
   private onData(d: string): void {
@@ -43,23 +46,27 @@ export class ProcEventStream implements AsyncIterable<ProcEvent> {
         raw = JSON.parse(line);
       } catch {
         return this.fail(
-          new AgentError(0, 'process stream: the guest sent a line that is not JSON', 'EPROTO'),
+          new AgentError(0, `${this.what} stream: the guest sent a line that is not JSON`, 'EPROTO'),
         );
       }
-      const r = ProcEventSchema.safeParse(raw);
+      const r = this.schema.safeParse(raw);
       if (!r.success)
         return this.fail(
-          new AgentError(0, `process stream: malformed event (${firstIssue(r.error)})`, 'EPROTO'),
+          new AgentError(0, `${this.what} stream: malformed event (${firstIssue(r.error)})`, 'EPROTO'),
         );
-      this.push(r.data as ProcEvent);
+      this.push(r.data as T);
     }
     if (this.buf.length > AGENT_LIMITS.execLineBytes)
       this.fail(
-        new AgentError(0, `process stream: a line longer than ${AGENT_LIMITS.execLineBytes} bytes`, 'E2BIG'),
+        new AgentError(
+          0,
+          `${this.what} stream: a line longer than ${AGENT_LIMITS.execLineBytes} bytes`,
+          'E2BIG',
+        ),
       );
   }
 
-  private push(ev: ProcEvent): void {
+  private push(ev: T): void {
     if (this.waiting) {
       const w = this.waiting;
       this.waiting = undefined;
@@ -92,7 +99,7 @@ export class ProcEventStream implements AsyncIterable<ProcEvent> {
     this.finish();
   }
 
-  next(): Promise<IteratorResult<ProcEvent>> {
+  next(): Promise<IteratorResult<T>> {
     const ev = this.queue.shift();
     if (this.queue.length < 16) this.req.resume();
     if (ev) return Promise.resolve({ value: ev, done: false });
@@ -101,7 +108,7 @@ export class ProcEventStream implements AsyncIterable<ProcEvent> {
     return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<ProcEvent> {
+  [Symbol.asyncIterator](): AsyncIterator<T> {
     return {
       next: () => this.next(),
       return: async () => {
