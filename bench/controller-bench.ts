@@ -5,9 +5,7 @@
  *   - branch source pause per mode (full, live, diff) and time to ready
  * Prints a table and writes bench-results/controller-<time>.json. Every row names the accelerator.
  */
-import fs from 'node:fs';
-import { writeBenchResults } from './results.js';
-import os from 'node:os';
+import { isolatedBenchDirs, runBench, writeBenchResults } from './results.js';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { createSnapshot } from '../src/snapshot/create.js';
@@ -18,11 +16,7 @@ import { Controller as Daemon } from '../src/controller/controller.js';
 import { buildServer } from '../src/controller/server.js';
 import { Controller } from '../src/sdk/controller.js';
 
-const base = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-cbench-'));
-process.env.XDG_DATA_HOME = path.join(base, 'data');
-process.env.FORKD_RUN_DIR = path.join(base, 'run');
-process.env.FORKD_SHM_DIR = fs.mkdtempSync('/dev/shm/forkd-cbench-');
-fs.mkdirSync(process.env.FORKD_RUN_DIR, { recursive: true });
+const { base, cleanup } = isolatedBenchDirs('cbench');
 const REPS = Number(process.env.FORKD_BENCH_REPS) || 5;
 const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
 const r1 = (v: number) => Math.round(v * 10) / 10;
@@ -173,12 +167,4 @@ async function main(): Promise<void> {
   log(`wrote ${file}`);
 }
 
-main()
-  .catch((e: unknown) => {
-    process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  })
-  .finally(() => {
-    fs.rmSync(base, { recursive: true, force: true });
-    fs.rmSync(process.env.FORKD_SHM_DIR!, { recursive: true, force: true });
-  });
+runBench(main, cleanup);

@@ -4,13 +4,11 @@
  * files.write + read of 1 MiB, runCode('1+1'), fork ×5, kill. Medians per step and the ratio
  * official/own: what the E2B wire (Connect over HTTP/1.1, the sandbox plane's routing) costs on top.
  */
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { Sandbox as E2bSandbox } from '@e2b/code-interpreter';
-import { writeBenchResults } from './results.js';
+import { isolatedBenchDirs, runBench, writeBenchResults } from './results.js';
 import { createSnapshot } from '../src/snapshot/create.js';
 import { currentAccel } from '../src/host/accel.js';
 import { median, table } from '../src/util/format.js';
@@ -19,11 +17,7 @@ import { Controller as Daemon } from '../src/controller/controller.js';
 import { buildServer } from '../src/controller/server.js';
 import { Sandbox as OwnSandbox } from '../src/sdk/index.js';
 
-const base = fs.mkdtempSync(path.join(os.tmpdir(), 'forkd-e2bbench-'));
-process.env.XDG_DATA_HOME = path.join(base, 'data');
-process.env.FORKD_RUN_DIR = path.join(base, 'run');
-process.env.FORKD_SHM_DIR = fs.mkdtempSync('/dev/shm/forkd-e2bbench-');
-fs.mkdirSync(process.env.FORKD_RUN_DIR, { recursive: true });
+const { base, cleanup } = isolatedBenchDirs('e2bbench');
 const REPS = Number(process.env.FORKD_BENCH_REPS) || 5;
 const FORKS = 5;
 const TAG = 'e2bbench';
@@ -170,12 +164,4 @@ async function main(): Promise<void> {
   log(`wrote ${file}`);
 }
 
-main()
-  .catch((e: unknown) => {
-    process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  })
-  .finally(() => {
-    fs.rmSync(base, { recursive: true, force: true });
-    fs.rmSync(process.env.FORKD_SHM_DIR!, { recursive: true, force: true });
-  });
+runBench(main, cleanup);

@@ -1,6 +1,7 @@
 /** What envd's Connect services share: the request's sandbox, error codes, keepalives on idle streams. */
 import { Code, ConnectError, createContextKey, type HandlerContext } from '@connectrpc/connect';
 import type { FastifyRequest } from 'fastify';
+import type { NdjsonStream } from '../../agent-client/ndjson-stream.js';
 import { AgentError } from '../../agent-client/client.js';
 import type { PlaneRequest } from './sandbox-plane.js';
 
@@ -72,4 +73,42 @@ export async function* withKeepalive<T, K>(
     pending = src.next();
     yield r.value;
   }
+}
+
+/**
+ * Relay an agent event stream as a Connect server stream: each event mapped by `map`, keepalives while
+ * idle, until `isLast` saw the last event, the client went, or its deadline passed (deadline_exceeded;
+ * what the events were about, a process say, runs on). A stream the guest ended early is `unavailable`,
+ * and when the sandbox is gone the transport is cut (failStream).
+ */
+export async function* relayAgentStream<T, R>(
+  stream: NdjsonStream<T>,
+  ctx: HandlerContext,
+  what: string,
+  map: (ev: T) => R,
+  keepalive: () => R,
+  isLast: (ev: T) => boolean = () => false,
+): AsyncGenerator<R> {
+  const stop = () => stream.close();
+  ctx.signal.addEventListener('abort', stop, { once: true });
+  let last = false;
+  try {
+    const ka = Symbol('keepalive');
+    for await (const ev of withKeepalive(stream[Symbol.asyncIterator](), keepaliveMs(ctx), () => ka)) {
+      if (ev === ka) {
+        yield keepalive();
+        continue;
+      }
+      last ||= isLast(ev as T);
+      yield map(ev as T);
+    }
+    if (!last && !ctx.signal.aborted)
+      throw new ConnectError(`the ${what} stream from the guest ended early`, Code.Unavailable);
+  } catch (e) {
+    failStream(ctx, e);
+  } finally {
+    ctx.signal.removeEventListener('abort', stop);
+    stream.close();
+  }
+  if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason);
 }

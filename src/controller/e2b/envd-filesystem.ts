@@ -9,7 +9,7 @@ import type { FileEntry } from '../../protocol/agent-api.js';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { NdjsonStream } from '../../agent-client/ndjson-stream.js';
 import type { WatchEvent } from '../../protocol/agent-api.js';
-import { failStream, keepaliveMs, planeOf, toConnectError, withKeepalive } from './connect-util.js';
+import { planeOf, relayAgentStream, toConnectError } from './connect-util.js';
 import { guestPath } from './envd-http.js';
 import { EventType, Filesystem, FileType, WatchDirResponseSchema } from './gen/filesystem/filesystem_pb.js';
 
@@ -126,39 +126,28 @@ export const filesystemService: Partial<ServiceImpl<typeof Filesystem>> = {
     } catch (e) {
       throw notFoundOr(e, p);
     }
-    const stop = () => stream.close();
-    ctx.signal.addEventListener('abort', stop, { once: true });
-    const keepalive = (): MessageInitShape<typeof WatchDirResponseSchema> => ({
-      event: { case: 'keepalive', value: {} },
-    });
-    try {
-      for await (const ev of withKeepalive(stream[Symbol.asyncIterator](), keepaliveMs(ctx), keepalive)) {
-        if (!('type' in ev)) yield ev;
-        else if (ev.type === 'start') yield { event: { case: 'start', value: {} } };
-        else
-          yield {
-            event: {
-              case: 'filesystem',
-              value: {
-                name: ev.name,
-                type:
-                  ev.op === 'create'
-                    ? EventType.CREATE
-                    : ev.op === 'write'
-                      ? EventType.WRITE
-                      : EventType.REMOVE,
+    yield* relayAgentStream<WatchEvent, MessageInitShape<typeof WatchDirResponseSchema>>(
+      stream,
+      ctx,
+      'watch',
+      (ev): MessageInitShape<typeof WatchDirResponseSchema> =>
+        ev.type === 'start'
+          ? { event: { case: 'start', value: {} } }
+          : {
+              event: {
+                case: 'filesystem',
+                value: {
+                  name: ev.name,
+                  type:
+                    ev.op === 'create'
+                      ? EventType.CREATE
+                      : ev.op === 'write'
+                        ? EventType.WRITE
+                        : EventType.REMOVE,
+                },
               },
             },
-          };
-      }
-      if (!ctx.signal.aborted)
-        throw new ConnectError('the watch stream from the guest ended early', Code.Unavailable);
-    } catch (e) {
-      failStream(ctx, e);
-    } finally {
-      ctx.signal.removeEventListener('abort', stop);
-      stream.close();
-    }
-    if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason);
+      () => ({ event: { case: 'keepalive', value: {} } }),
+    );
   },
 };

@@ -6,7 +6,7 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import type { NdjsonStream } from '../../agent-client/ndjson-stream.js';
 import type { ProcEvent, ProcSelector } from '../../protocol/agent-api.js';
-import { failStream, keepaliveMs, planeOf, toConnectError, withKeepalive } from './connect-util.js';
+import { planeOf, relayAgentStream, toConnectError } from './connect-util.js';
 import { homeOf } from './envd-http.js';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { Process, ProcessEventSchema, type ProcessSelector, Signal } from './gen/process/process_pb.js';
@@ -47,30 +47,15 @@ function selector(sel: ProcessSelector | undefined): ProcSelector {
 }
 
 /** Stream a process's events until it ends, the client goes, or the deadline passes. */
-async function* relay(stream: NdjsonStream<ProcEvent>, ctx: HandlerContext) {
-  const stop = () => stream.close();
-  ctx.signal.addEventListener('abort', stop, { once: true });
-  let ended = false;
-  try {
-    const keepalive = (): MessageInitShape<typeof ProcessEventSchema> => ({
-      event: { case: 'keepalive', value: {} },
-    });
-    for await (const ev of withKeepalive(stream[Symbol.asyncIterator](), keepaliveMs(ctx), keepalive)) {
-      if ('type' in ev && ev.type === 'end') ended = true;
-      yield { event: 'type' in ev ? toEvent(ev) : ev };
-    }
-    // The guest's stream stopped before the process ended: the agent session went (the sandbox was
-    // killed, or its agent restarted).
-    if (!ended && !ctx.signal.aborted)
-      throw new ConnectError('the process stream from the guest ended early', Code.Unavailable);
-  } catch (e) {
-    failStream(ctx, e);
-  } finally {
-    ctx.signal.removeEventListener('abort', stop);
-    stream.close();
-  }
-  // The client's deadline (Connect-Timeout-Ms) ends the stream with deadline_exceeded; the process runs on.
-  if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason);
+function relay(stream: NdjsonStream<ProcEvent>, ctx: HandlerContext) {
+  return relayAgentStream<ProcEvent, { event: MessageInitShape<typeof ProcessEventSchema> }>(
+    stream,
+    ctx,
+    'process',
+    (ev) => ({ event: toEvent(ev) }),
+    () => ({ event: { event: { case: 'keepalive' as const, value: {} } } }),
+    (ev) => ev.type === 'end',
+  );
 }
 
 export const processService: Partial<ServiceImpl<typeof Process>> = {
