@@ -380,6 +380,21 @@ export async function migrateToFile(vm: QemuVm, file: string, timeoutMs: number)
   return sink.written;
 }
 
+/**
+ * After an outgoing migration reports `completed`, QEMU's migration thread still has to leave the
+ * `finish-migrate` run state (it takes the big lock to do so); a `cont` in between fails with
+ * "Migration is not finalized yet". Seen on a loaded host: wait until the run state has moved on.
+ */
+async function waitRunstateSettled(qmp: QmpClient, deadline: number): Promise<void> {
+  for (;;) {
+    const { status } = await qmp.execute<{ status: string }>('query-status');
+    if (status !== 'finish-migrate') return;
+    if (Date.now() > deadline)
+      throw new ForkdError('timeout', 'QEMU stayed in finish-migrate after its migration completed');
+    await sleep(5);
+  }
+}
+
 export async function waitMigration(
   qmp: QmpClient,
   refTimeoutMs: number,
@@ -390,7 +405,7 @@ export async function waitMigration(
   let delay = 0.5;
   for (;;) {
     const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-    if (st.status === 'completed') return;
+    if (st.status === 'completed') return waitRunstateSettled(qmp, deadline);
     if (st.status === 'failed' || st.status === 'cancelled') {
       const extra = diag?.() ?? '';
       throw new ForkdError(
