@@ -487,6 +487,26 @@ export class AgentClient {
     return this.eventStream(path, body, ProcEventSchema, `process ${route}`);
   }
 
+  /**
+   * A TCP connection to 127.0.0.1:`port` in the guest, as a duplex stream (POST /v1/tcp). Rejects with
+   * the agent's 502 when nothing listens there.
+   */
+  openTcp(port: number): Promise<http2.ClientHttp2Stream> {
+    return this.tracked<http2.ClientHttp2Stream>('tcp tunnel', 30_000, (resolve, reject) => {
+      const req = this.session.request({ ':method': 'POST', ':path': `/v1/tcp?port=${port}` });
+      req.on('response', (h) => {
+        const status = Number(h[':status']) || 500;
+        if (status === 200) return resolve(req);
+        readReply(req, 'tcp tunnel', AGENT_LIMITS.errorChars * 4).then(
+          ({ text }) => reject(agentHttpError(status, text)),
+          reject,
+        );
+      });
+      req.on('error', (e) => reject(new AgentError(0, `agent tcp tunnel: ${e.message}`)));
+      return req;
+    });
+  }
+
   /** Changes under a guest directory (POST /v1/watch): a `start`, then one event per change. */
   watchDir(dir: string, recursive: boolean): Promise<NdjsonStream<WatchEvent>> {
     return this.eventStream('/v1/watch', { path: dir, recursive }, WatchEventSchema, 'watch');

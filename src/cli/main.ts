@@ -6,6 +6,7 @@ import { registerSnapshot } from './commands/snapshot.js';
 import { registerFork } from './commands/fork.js';
 import { registerQuickstart } from './commands/quickstart.js';
 import { registerDaemon } from './commands/daemon.js';
+import { registerPortForward } from './commands/port-forward.js';
 import { registerLineage } from './commands/lineage.js';
 import { registerHub } from './commands/hub.js';
 import { fail } from './output.js';
@@ -26,6 +27,7 @@ registerFork(program);
 registerLineage(program);
 registerHub(program);
 registerDaemon(program);
+registerPortForward(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError) {

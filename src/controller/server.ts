@@ -22,6 +22,7 @@ import { sandboxRoutes } from './routes/sandboxes.js';
 import { fileRoutes } from './routes/files.js';
 import { workspaceRoutes } from './routes/workspaces.js';
 import { e2bRouteUrls, registerE2b } from './e2b/index.js';
+import { PortProxy } from './e2b/port-proxy.js';
 
 export interface ServerOptions {
   token?: string | undefined;
@@ -41,9 +42,22 @@ export async function buildServer(ctl: Controller, opts: ServerOptions): Promise
   // Our own server object so that Node's HTTP layer does not answer requests behind fastify's back:
   // without a Host header it would send an empty 400 itself, and 'Expect: <other>' an empty 417, both
   // outside the error shape and the audit log.
+  // Requests for ports inside sandboxes (by Host, E2B-style) and port-forward streams are tunnelled
+  // before fastify sees them (e2b/port-proxy.ts).
+  const ports = new PortProxy(ctl, opts.token);
   const serverFactory: FastifyServerFactory = (handler) => {
     const o = { requireHostHeader: false };
-    const server = tls ? https.createServer({ ...o, ...tls }, handler) : http.createServer(o, handler);
+    const route: http.RequestListener = (req, res) => {
+      if (ports.handles(req)) void ports.request(req, res);
+      else handler(req, res);
+    };
+    const server = tls ? https.createServer({ ...o, ...tls }, route) : http.createServer(o, route);
+    server.on('upgrade', (req, socket, head) => {
+      ports.upgrade(req, socket, head).then(
+        (handled) => handled || socket.destroy(),
+        () => socket.destroy(),
+      );
+    });
     server.on('checkExpectation', (req, res) => {
       req.headers['x-forkd-expectation-failed'] = String(req.headers.expect ?? '');
       handler(req, res);

@@ -18,6 +18,7 @@
  *   GET  /v1/procs                   -> { processes: ProcInfo[] }
  *   POST /v1/procs/input  { pid | tag, data (base64) } -> {}
  *   POST /v1/procs/close-stdin { pid | tag } -> {}
+ *   POST /v1/tcp?port=N              <-> raw bytes of a TCP connection to 127.0.0.1:N in the guest
  *   POST /v1/watch { path, recursive? } -> NDJSON stream of WatchEvent lines until closed
  *   POST /v1/procs/resize { pid | tag, cols, rows } -> {}  (a process started with a pty)
  *   POST /v1/procs/signal { pid | tag, signal: "SIGKILL" | "SIGTERM" | ... } -> {}

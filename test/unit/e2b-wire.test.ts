@@ -7,6 +7,7 @@ import { checkFileSignature, fileSignature } from '../../src/controller/e2b/file
 import { permissionsText } from '../../src/controller/e2b/envd-filesystem.js';
 import { basicUser } from '../../src/controller/e2b/sandbox-plane.js';
 import { guestPath } from '../../src/controller/e2b/envd-http.js';
+import { portTarget } from '../../src/controller/e2b/port-proxy.js';
 
 describe('E2B wire details', () => {
   it("decodes the list call's metadata filter as the SDK encodes it", () => {
@@ -48,6 +49,18 @@ describe('E2B wire details', () => {
           why: 'the signed URL has expired',
         });
     }
+  });
+
+  it('reads the sandbox port a Host header names, and nothing else', () => {
+    assert.deepEqual(portTarget('8000-sb-0123456789abcdef.e2b.app'), {
+      port: 8000,
+      id: 'sb-0123456789abcdef',
+    });
+    assert.deepEqual(portTarget('49999-SB-AB.localhost:8889'), { port: 49999, id: 'sb-ab' });
+    assert.equal(portTarget('127.0.0.1:8889'), undefined);
+    assert.equal(portTarget('70000-sb-1.x'), undefined);
+    assert.equal(portTarget('8000-sb-1'), undefined, 'a domain is part of the name');
+    assert.equal(portTarget(undefined), undefined);
   });
 
   it('permission text, Basic-auth users and relative paths', () => {

@@ -6,6 +6,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import http from 'node:http';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   AuthenticationError,
@@ -16,7 +18,7 @@ import {
   TimeoutError,
 } from 'e2b';
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
-import { isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { ROOT, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
 import { freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
@@ -433,6 +435,95 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
         events.join(', '),
       );
       await w.stop();
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it('ports: <port>-<id> Host routing (HTTP, streamed bodies, upgrades) and forkd port-forward, with no guest network', async () => {
+    const sbx = await Sandbox.create('base');
+    try {
+      const token = (sbx as unknown as { envdAccessToken: string }).envdAccessToken;
+      await sbx.files.write('site/hello.txt', 'hello from the sandbox');
+      await sbx.commands.run('cd /home/user/site && exec python3 -m http.server 8000 --bind 127.0.0.1', {
+        background: true,
+      });
+      // An upgrade-answering echo server (what a WebSocket server does first), on the guest's Node.
+      await sbx.files.write(
+        'echo.js',
+        "require('http').createServer().on('upgrade', (req, s) => { s.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n'); s.pipe(s); }).listen(9000, '127.0.0.1');",
+      );
+      await sbx.commands.run('exec node /home/user/echo.js', { background: true });
+      const get = (port: number, p: string, headers: Record<string, string> = {}) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const u = new URL(daemon.url);
+          const r = http.request(
+            { host: u.hostname, port: u.port, path: p, headers: { host: sbx.getHost(port), ...headers } },
+            (res) => {
+              let body = '';
+              res.on('data', (d) => (body += d));
+              res.on('end', () => resolve({ status: res.statusCode!, body }));
+            },
+          );
+          r.on('error', reject);
+          r.end();
+        });
+      const auth = { 'e2b-traffic-access-token': token };
+      await waitUntil(
+        async () => (await get(8000, '/hello.txt', auth)).status === 200,
+        'the guest web server',
+      );
+      assert.deepEqual(await get(8000, '/hello.txt', auth), { status: 200, body: 'hello from the sandbox' });
+      assert.equal((await get(8000, '/hello.txt')).status, 401, 'port traffic needs the traffic token');
+      assert.equal((await get(8001, '/', auth)).status, 502, 'nothing listens there');
+
+      await waitUntil(async () => {
+        const echoed = await new Promise<string>((resolve) => {
+          const u = new URL(daemon.url);
+          const r = http.request({
+            host: u.hostname,
+            port: u.port,
+            path: '/ws',
+            headers: { host: sbx.getHost(9000), connection: 'Upgrade', upgrade: 'echo', ...auth },
+          });
+          r.on('upgrade', (_res, sock) => {
+            sock.once('data', (d) => {
+              resolve(d.toString());
+              sock.destroy();
+            });
+            sock.write('ping');
+          });
+          r.on('response', () => resolve(''));
+          r.on('error', () => resolve(''));
+          r.end();
+        });
+        return echoed === 'ping';
+      }, 'the echo through an upgraded connection');
+
+      const pf = spawn(process.execPath, [
+        path.join(ROOT, 'bin', 'forkd'),
+        'port-forward',
+        sbx.sandboxId,
+        '8000',
+        '--local',
+        '0',
+        '--json',
+        '--daemon-url',
+        daemon.url,
+        '--daemon-token',
+        KEY,
+      ]);
+      try {
+        const line = await new Promise<string>((resolve, reject) => {
+          pf.stdout.once('data', (d) => resolve(String(d)));
+          pf.once('exit', (code) => reject(new Error(`port-forward exited ${code}`)));
+        });
+        const local = (JSON.parse(line) as { local: string }).local;
+        const r = await fetch(`http://${local}/hello.txt`);
+        assert.equal(await r.text(), 'hello from the sandbox');
+      } finally {
+        pf.kill();
+      }
     } finally {
       await sbx.kill();
     }

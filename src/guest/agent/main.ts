@@ -19,6 +19,7 @@ import { runExec, validateExec } from './exec.js';
 import { procRoute } from './procs-routes.js';
 import { lookupUser } from './users.js';
 import { watchRoute } from './watch-route.js';
+import { tcpRoute } from './tcp.js';
 import { PythonWorker } from './python.js';
 import { evalJs, resetRandomPools } from './jseval.js';
 import { applyIdentity, currentSandboxId, validateIdentity } from './identity.js';
@@ -108,6 +109,8 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
       return sendJson(stream, 401, { error: `no user ${query.get('user')} in this guest` });
     return writeFileRoute(stream, p, mode, owner, sendJson);
   }
+  // Raw bytes both ways: its body is the tunnel, not JSON.
+  if (route === 'POST /v1/tcp') return tcpRoute(stream, query, sendJson);
   let body: Record<string, unknown> = {};
   if (method === 'POST') {
     try {
