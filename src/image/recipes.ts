@@ -26,6 +26,13 @@ export const RECIPES: Record<string, Recipe> = {
     packages: [...BASE, 'python3-numpy'],
     diskMib: 2048,
   },
+  'python-data': {
+    name: 'python-data',
+    description:
+      'python-numpy + pandas and matplotlib (rich results in the E2B code interpreter: DataFrames as HTML, figures as PNG)',
+    packages: [...BASE, 'python3-numpy', 'python3-pandas', 'python3-matplotlib'],
+    diskMib: 3072,
+  },
 };
 
 export function getRecipe(name: string): Recipe {

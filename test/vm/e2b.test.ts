@@ -23,8 +23,11 @@ import { freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
 import { Controller } from '../../src/sdk/index.js';
+import { processCpuSeconds } from '../../src/controller/e2b/metrics.js';
 
 const TAG = 'e2b-py';
+/** pandas and matplotlib warm: the code interpreter's rich results. */
+const DATA_TAG = 'e2b-data';
 const KEY = `e2b_${randomBytes(20).toString('hex')}`;
 let dirs: ReturnType<typeof isolatedDirs>;
 let shm: string;
@@ -46,6 +49,14 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
     process.env.FORKD_SHM_DIR = shm;
     await createSnapshot(
       { tag: TAG, recipe: 'python-numpy', warmupEval: 'import numpy as np' },
+      stderrReporter(),
+    );
+    await createSnapshot(
+      {
+        tag: DATA_TAG,
+        recipe: 'python-data',
+        warmupEval: 'import numpy as np, pandas as pd\nimport matplotlib.pyplot as plt',
+      },
       stderrReporter(),
     );
     const port = await freePort();
@@ -96,6 +107,12 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
     assert.ok(info.endAt.getTime() > Date.now(), 'it has a default lifetime');
     // One daemon, one state: forkd's own API sees it.
     assert.ok((await own.listSandboxes()).some((s) => s.id === sbx.sandboxId));
+    // ...and the other way round: a sandbox forkd's API made is an E2B sandbox too.
+    const [mine] = await own.spawnSandboxes({ snapshotTag: TAG });
+    const viaE2b = await Sandbox.connect(mine!.id!);
+    assert.equal((await viaE2b.commands.run('echo both')).stdout, 'both\n');
+    assert.ok((await Sandbox.list().nextItems()).some((s) => s.sandboxId === mine!.id));
+    await viaE2b.kill();
     assert.equal(await sbx.isRunning(), true);
     assert.equal(await sbx.kill(), true);
     assert.equal(await sbx.isRunning(), false);
@@ -197,6 +214,11 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
       assert.equal(await (await fetch(down)).text(), 'A');
       const tampered = down.replace(/signature=v1_./, 'signature=v1_X');
       assert.equal((await fetch(tampered)).status, 401);
+      const up = await sbx.uploadUrl('uploaded/u.txt');
+      const form = new FormData();
+      form.append('file', new Blob(['via a signed URL']), 'uploaded/u.txt');
+      assert.equal((await fetch(up, { method: 'POST', body: form })).status, 200);
+      assert.equal(await sbx.files.read('uploaded/u.txt'), 'via a signed URL');
     } finally {
       await sbx.kill();
     }
@@ -221,6 +243,12 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
       assert.equal(await b.pause(), true);
       assert.equal(await b.pause(), false, 'already paused');
       assert.equal(await b.isRunning(), false, 'a paused sandbox answers 502 on the sandbox plane');
+      // Paused is stopped vCPUs: its QEMU uses (next to) no CPU while the host is free to do other work.
+      const pid = (await own.getSandbox(b.sandboxId)).pid!;
+      const cpu0 = processCpuSeconds(pid)!;
+      await new Promise((r) => setTimeout(r, 3000));
+      const used = processCpuSeconds(pid)! - cpu0;
+      assert.ok(used < 0.3, `a paused sandbox used ${used.toFixed(2)} s of CPU in 3 s`);
       assert.equal((await b.getInfo()).state, 'paused');
       const listed = await Sandbox.list({ query: { state: ['paused'] } }).nextItems();
       assert.deepEqual(
@@ -524,6 +552,27 @@ describe('the official E2B SDK against forkd', { timeout: 30 * 60_000 }, () => {
       } finally {
         pf.kill();
       }
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it('code interpreter rich results: a pandas DataFrame comes back as HTML, a matplotlib figure as PNG', async () => {
+    const sbx = await CodeSandbox.create(DATA_TAG);
+    try {
+      const df = await sbx.runCode("pd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})");
+      assert.equal(df.error, undefined, df.error?.traceback);
+      assert.match(df.results[0]?.html ?? '', /<table[\s\S]*<td>x<\/td>/);
+      assert.match(df.text ?? '', /a\s+b/);
+      const fig = await sbx.runCode("plt.plot([1, 3, 2])\nplt.title('t')\nplt.show()");
+      assert.equal(fig.error, undefined, fig.error?.traceback);
+      const png = fig.results.find((r) => r.png)?.png;
+      assert.ok(png, `a figure came back: ${JSON.stringify(fig.results.map((r) => Object.keys(r)))}`);
+      assert.ok(
+        Buffer.from(png, 'base64').subarray(0, 8).equals(Buffer.from('89504e470d0a1a0a', 'hex')),
+        'a PNG',
+      );
+      assert.equal((await sbx.runCode('len(plt.get_fignums())')).text, '0', 'shown figures are closed');
     } finally {
       await sbx.kill();
     }

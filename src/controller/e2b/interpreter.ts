@@ -98,7 +98,12 @@ export function interpreterRoutes(ctl: Controller): FastifyPluginAsyncZod {
     }
     return m;
   };
-  const internalName = (c: Context) => `e2b-${c.id}-${c.generation}`;
+  // The default contexts are the guest's own default ones until restarted: what the snapshot's warm-up
+  // evaluated (imports, variables) is there in every child's first runCode.
+  const internalName = (c: Context) =>
+    c.generation === 0 && (c.id === 'default' || c.id === 'default-js')
+      ? 'default'
+      : `e2b-${c.id}-${c.generation}`;
   const plane = (req: { e2b?: PlaneRequest }) => req.e2b!;
   const json = (c: Context) => ({ id: c.id, language: c.language, cwd: c.cwd });
   const drop = async (live: LiveSandbox, c: Context) => {
