@@ -9,7 +9,8 @@ import { z } from 'zod';
 import { ForkdError, errorMessage } from '../../util/errors.js';
 import type { Controller } from '../controller.js';
 import { statusOf } from '../http-errors.js';
-import { notFound } from './control.js';
+import { liveSandbox } from './control.js';
+import { pageOf } from './list-query.js';
 import { sandboxJson } from './view.js';
 
 /** Tags of fork snapshots: forkd's, not the user's; deleted once no sandbox runs on them. */
@@ -62,11 +63,7 @@ export function sweepForkSnapshots(ctl: Controller): void {
 }
 
 export function snapshotRoutes(ctl: Controller): FastifyPluginAsyncZod {
-  const live = (id: string) => {
-    const l = ctl.sandboxes.live.get(id);
-    if (!l) throw notFound(id);
-    return l;
-  };
+  const live = (id: string) => liveSandbox(ctl, id);
   return async (app) => {
     const sweeper = setInterval(() => sweepForkSnapshots(ctl), 10_000);
     sweeper.unref();
@@ -126,12 +123,9 @@ export function snapshotRoutes(ctl: Controller): FastifyPluginAsyncZod {
         .filter((s) => !q.sandboxID || s.branched_from === q.sandboxID)
         .filter((s) => !q.name || s.tag.includes(q.name))
         .sort((a, b) => b.created_at_unix - a.created_at_unix || a.tag.localeCompare(b.tag));
-      const start = q.nextToken ? Number.parseInt(q.nextToken, 10) : 0;
-      if (!Number.isInteger(start) || start < 0)
-        throw new ForkdError('bad_input', `nextToken '${q.nextToken}' is not one this server gave`);
-      const end = q.limit ? start + q.limit : all.length;
-      if (end < all.length) void reply.header('x-next-token', String(end));
-      return all.slice(start, end).map((s) => ({ snapshotID: s.tag, names: [s.tag] }));
+      const { page, next } = pageOf(all, q);
+      if (next) void reply.header('x-next-token', next);
+      return page.map((s) => ({ snapshotID: s.tag, names: [s.tag] }));
     });
 
     app.delete('/templates/:id', { schema: { hide: true, params: Id } }, async (req, reply) => {

@@ -9,8 +9,9 @@ import { ForkdError } from '../../util/errors.js';
 import { snapshotExists } from '../../snapshot/store.js';
 import type { Controller } from '../controller.js';
 import type { SandboxRecord } from '../state.js';
+import type { LiveSandbox } from '../sandboxes.js';
 import { DEFAULT_TIMEOUT_S, endAtMs, sandboxDetailJson, sandboxJson, type E2bOptions } from './view.js';
-import { parseMetadataQuery } from './list-query.js';
+import { pageOf, parseMetadataQuery } from './list-query.js';
 import { MetricsSampler } from './metrics.js';
 
 const Id = z.object({ id: z.string().min(1).max(128) });
@@ -45,8 +46,11 @@ const ListQuery = z.looseObject({
   template: z.string().max(256).optional(),
 });
 
-export function notFound(id: string): ForkdError {
-  return new ForkdError('not_found', `sandbox ${id} not found`);
+/** A live sandbox by id, paused or not; gone and unknown ones are 404 (E2B: killed is not found). */
+export function liveSandbox(ctl: Controller, id: string): LiveSandbox {
+  const l = ctl.sandboxes.live.get(id);
+  if (!l) throw new ForkdError('not_found', `sandbox ${id} not found`);
+  return l;
 }
 
 export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginAsyncZod {
@@ -59,12 +63,7 @@ export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginA
       `make one (forkd snapshot --tag ${tag}), or map the name when starting the daemon: --e2b-template ${id}=<tag>`,
     );
   };
-  /** A live sandbox by id, paused or not; gone and unknown ones are 404 (E2B: killed is not found). */
-  const live = (id: string) => {
-    const l = ctl.sandboxes.live.get(id);
-    if (!l) throw notFound(id);
-    return l;
-  };
+  const live = (id: string) => liveSandbox(ctl, id);
   const stateOf = (rec: SandboxRecord) => (rec.paused_at_unix === null ? 'running' : 'paused');
 
   return async (app) => {
@@ -137,12 +136,7 @@ export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginA
         .sort(
           (a, b) => (a.created_at_unix - b.created_at_unix || a.id.localeCompare(b.id)) * (desc ? -1 : 1),
         );
-      // The token is the position of the next page: opaque to the SDK, which only echoes it.
-      const start = q.nextToken ? Number.parseInt(q.nextToken, 10) : 0;
-      if (!Number.isInteger(start) || start < 0)
-        throw new ForkdError('bad_input', `nextToken '${q.nextToken}' is not one this server gave`);
-      const end = q.limit ? start + q.limit : all.length;
-      return { page: all.slice(start, end), next: end < all.length ? String(end) : undefined };
+      return pageOf(all, q);
     };
     app.get('/v2/sandboxes', { schema: { hide: true, querystring: ListQuery } }, async (req, reply) => {
       const { page, next } = list(req.query, ['running', 'paused']);

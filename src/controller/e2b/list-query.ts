@@ -1,3 +1,5 @@
+import { ForkdError } from '../../util/errors.js';
+
 /**
  * The `metadata` filter of E2B's list call. The SDK encodes it twice over: `k=v` pairs joined with `&`,
  * keys and values passed through encodeURIComponent, and that whole string encoded again as one query
@@ -15,4 +17,19 @@ function decodePart(s: string): string {
   } catch {
     return s; // a literal '%' that was never an escape
   }
+}
+
+/**
+ * One page of a listing: `nextToken` is the position of the page (opaque to the SDK, which only echoes
+ * it), `next` the token of the page after, if any.
+ */
+export function pageOf<T>(
+  all: T[],
+  q: { limit?: number | undefined; nextToken?: string | undefined },
+): { page: T[]; next: string | undefined } {
+  const start = q.nextToken ? Number.parseInt(q.nextToken, 10) : 0;
+  if (!Number.isInteger(start) || start < 0)
+    throw new ForkdError('bad_input', `nextToken '${q.nextToken}' is not one this server gave`);
+  const end = q.limit ? start + q.limit : all.length;
+  return { page: all.slice(start, end), next: end < all.length ? String(end) : undefined };
 }
