@@ -7,6 +7,7 @@ import { branchSandbox, type BranchStarted } from '../snapshot/branch.js';
 import { validateTag } from '../snapshot/tag.js';
 import { loadSnapshot, snapshotDir, snapshotExists } from '../snapshot/store.js';
 import type { CaptureMode } from '../vmm/capture.js';
+import { vmDir } from '../vmm/jail.js';
 import type { SandboxManager } from './sandboxes.js';
 import type { SnapshotRecord, StateStore } from './state.js';
 
@@ -113,7 +114,8 @@ export class BranchManager {
     const rec = live.rec;
     let started: BranchStarted;
     let gen = rec.disk_generation + 1;
-    while (fs.existsSync(path.join(rec.work_dir, `disk-${gen}.qcow2`))) gen++;
+    // In the VMM's own dir: QEMU creates the new overlay itself (blockdev-snapshot-sync).
+    while (fs.existsSync(path.join(vmDir(rec.work_dir), `disk-${gen}.qcow2`))) gen++;
     const t0 = performance.now();
     try {
       const source = loadSnapshot(rec.snapshot_tag);
@@ -125,7 +127,7 @@ export class BranchManager {
           source,
           memoryFile: rec.memory_file,
           activeDisk,
-          nextDisk: path.join(rec.work_dir, `disk-${gen}.qcow2`),
+          nextDisk: path.join(vmDir(rec.work_dir), `disk-${gen}.qcow2`),
           // Owned by this daemon (owner.json), so `forkd cleanup` sweeps it if the daemon dies mid-branch.
           workDir: createWorkDir('branch', tag),
         },

@@ -1,7 +1,9 @@
+import path from 'node:path';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { pidStartTime, sameProcessAlive } from '../util/proc.js';
 import type { QemuVm } from '../vmm/qemu.js';
 import { GUEST_IP } from '../vmm/qemu-argv.js';
+import { vmDir } from '../vmm/jail.js';
 import type { AgentClient } from '../agent-client/client.js';
 import type { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
@@ -352,6 +354,13 @@ export class SandboxManager {
     const root = blocks.find((b) => b.device === 'root');
     const file = root?.inserted?.file;
     if (!file) throw new ForkdError('vmm_failed', `sandbox ${live.rec.id}: QEMU reports no root disk`);
+    // QEMU's word is untrusted: its disk is its own overlay, in its work dir or its own vm/ dir.
+    const dir = path.dirname(path.resolve(file));
+    if (dir !== path.resolve(live.rec.work_dir) && dir !== path.resolve(vmDir(live.rec.work_dir)))
+      throw new ForkdError(
+        'vmm_failed',
+        `sandbox ${live.rec.id}: QEMU reports a root disk outside its work dir (${file})`,
+      );
     if (file !== live.rec.active_disk) {
       live.rec.active_disk = file;
       this.state.save();

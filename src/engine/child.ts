@@ -15,6 +15,7 @@ import type { IdentityResult } from '../protocol/agent-api.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
+import { jailEnabled, readJailRecord, releaseJail } from '../vmm/jail.js';
 import { currentAccel, kvmOpenError } from '../host/accel.js';
 import { missingCpuFeatures } from '../host/cpu.js';
 import { loadSnapshot, machineOf, type LoadedSnapshot } from '../snapshot/store.js';
@@ -189,6 +190,9 @@ export async function releaseChild(res: ChildResources): Promise<void> {
   // A tap moved into the namespace went with it; one still in the host namespace is removed here.
   if (res.tap) await deleteLink(res.tap);
   if (res.cgroup) await removeCgroup(res.cgroup);
+  // The VMM's jail (uid lease, cgroup): freed when its QEMU exits, unless this process never saw it.
+  const jail = readJailRecord(res.work_dir);
+  if (jail) await releaseJail(jail);
   fs.rmSync(res.work_dir, { recursive: true, force: true });
 }
 
@@ -227,7 +231,8 @@ export async function prepareChild(
     if (source.machine.net === 'virtio') {
       res.tap = tapName(res.id);
       writeRecord(res);
-      await createTap(res.tap);
+      // A jailed QEMU makes its tap in its own network namespace (jail.ts); otherwise it is made here.
+      if (!(await jailEnabled())) await createTap(res.tap);
     }
     const pending = await vmm.prestart({
       machine: source.machine,
@@ -317,7 +322,7 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
       res.netns = net.netns;
       res.net_index = net.index;
       writeRecord(res);
-      await setupChildNet(net, res.tap);
+      await setupChildNet(net, res.tap, (await jailEnabled()) ? vm.pid : undefined);
     }
     if (p.source.machine.firmware) return await startFirmwareChild(p, opts, t0);
     const { timings } = await vmm.completeRestore(pending);

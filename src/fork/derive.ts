@@ -5,6 +5,7 @@ import type { Reporter } from '../util/report.js';
 import { fork } from './fork.js';
 import { memoryImage } from '../snapshot/assemble.js';
 import { branchSandbox } from '../snapshot/branch.js';
+import { vmDir } from '../vmm/jail.js';
 import type { SnapshotMeta } from '../snapshot/metadata.js';
 import { loadSnapshot, snapshotExists } from '../snapshot/store.js';
 import { validateTag } from '../snapshot/tag.js';
@@ -108,7 +109,7 @@ export async function deriveSnapshot(o: DeriveOptions, rep: Reporter): Promise<D
         source,
         memoryFile: await memoryImage(source),
         activeDisk: path.join(c1, 'disk.qcow2'),
-        nextDisk: path.join(c1, 'after-branch.qcow2'),
+        nextDisk: path.join(vmDir(c1), 'after-branch.qcow2'),
         workDir: path.join(report.work_dir, 'branch'),
         // The one-shot child maps the image from disk: stream while stopped (no userfaultfd needed).
         background: false,

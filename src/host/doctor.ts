@@ -6,6 +6,7 @@ import { freeBytes } from '../util/fs.js';
 import { bytes } from '../util/format.js';
 import { commandExists, memAvailableMib } from '../util/proc.js';
 import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
+import { jailSupport } from '../vmm/jail.js';
 import { listImages } from '../image/build.js';
 import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
 import { hostKind, kvmOpenError, probeAccel, validCachedProbe } from './accel.js';
@@ -182,6 +183,7 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
   } else {
     out.push(check('qemu', 'FAIL', `${qemuBinary()} not found`, 'run: forkd setup --yes'));
   }
+  out.push(await jailCheck());
   const missing = REQUIREMENTS.filter((r) => r.pkg !== 'qemu-system-x86' && !isProvided(r)).map((r) => r.pkg);
   if (
     isProvided(REQUIREMENTS.find((r) => r.pkg === 'busybox-static')!) &&
@@ -360,4 +362,28 @@ function memfdCheck(): Promise<Check> {
     });
     p.stdin.end('{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n');
   });
+}
+
+/** What confinement each QEMU gets on this host (vmm/jail.ts). */
+async function jailCheck(): Promise<Check> {
+  let j;
+  try {
+    j = await jailSupport();
+  } catch (e) {
+    return check('vmm jail', 'FAIL', (e as Error).message, 'unset FORKD_JAIL or run: forkd setup --yes');
+  }
+  if (j.mode === 'on')
+    return check(
+      'vmm jail',
+      'PASS',
+      'each QEMU: own mount/net/IPC/UTS namespaces and tmpfs root with only its files, own uid/gid, own cgroup, no capabilities, no_new_privs, seccomp (-sandbox spawn/elevateprivileges/resourcecontrol/obsolete=deny)',
+    );
+  if (j.requested === 'off')
+    return check('vmm jail', 'WARN', 'FORKD_JAIL=off: QEMU runs as root, unconfined', 'unset FORKD_JAIL');
+  return check(
+    'vmm jail',
+    'WARN',
+    `QEMU runs as root, unconfined: missing ${j.missing.join(', ')}`,
+    'run as root with util-linux and Debian QEMU (forkd setup --yes)',
+  );
 }

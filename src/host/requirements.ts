@@ -20,6 +20,11 @@ export const REQUIREMENTS: Requirement[] = [
   { pkg: 'xz-utils', why: 'decompressing the guest kernel', provides: 'xz' },
   { pkg: 'zstd', why: 'snapshot packs', provides: 'zstd' },
   { pkg: 'iproute2', why: 'network namespaces and taps', provides: 'ip' },
+  {
+    pkg: 'socat',
+    why: 'writing migration streams (snapshots, branches) from a QEMU that may not spawn',
+    provides: 'socat',
+  },
   { pkg: 'iptables', why: 'NAT for per-sandbox network namespaces', provides: 'iptables' },
   {
     pkg: 'util-linux',

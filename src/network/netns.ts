@@ -99,14 +99,19 @@ export async function ensureHostNat(): Promise<void> {
   hostReady = true;
 }
 
-/** Create the namespace and move `tap` (already attached to the sandbox's QEMU) into it. */
-export async function setupChildNet(net: ChildNet, tap: string): Promise<void> {
+/**
+ * Create the namespace and move `tap` (already attached to the sandbox's QEMU) into it: from the host
+ * namespace, or from the namespace of process `tapPid` (a jailed QEMU makes its tap in its own).
+ */
+export async function setupChildNet(net: ChildNet, tap: string, tapPid?: number): Promise<void> {
   await ensureHostNat();
   const ns = net.netns;
   const nsVeth = 'eth0';
   await runOk('ip', ['netns', 'add', ns]);
   try {
-    await runOk('ip', ['link', 'set', tap, 'netns', ns]);
+    if (tapPid !== undefined)
+      await runOk('nsenter', [`--net=/proc/${tapPid}/ns/net`, 'ip', 'link', 'set', tap, 'netns', ns]);
+    else await runOk('ip', ['link', 'set', tap, 'netns', ns]);
     await runOk('ip', ['link', 'add', net.hostVeth, 'type', 'veth', 'peer', 'name', nsVeth, 'netns', ns]);
     await runOk('ip', ['addr', 'add', `${net.hostAddr}/30`, 'dev', net.hostVeth]);
     await runOk('ip', ['link', 'set', net.hostVeth, 'up']);

@@ -9,6 +9,7 @@ import { createOverlay } from '../vmm/disk.js';
 import { captureRunning, normalizeStream, type CaptureMode } from '../vmm/capture.js';
 import type { QemuVm } from '../vmm/qemu.js';
 import { createTap, deleteLink } from '../network/tap.js';
+import { jailEnabled } from '../vmm/jail.js';
 import { writeChildRecord } from '../host/records.js';
 import { stageSnapshot } from './writer.js';
 import { contentHash, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta } from './metadata.js';
@@ -99,7 +100,7 @@ export async function branchSandbox(
     // The frozen layer: the overlay the source wrote until the pause, made independent of the source's
     // work dir. Full/live: rebased onto the raw base (self-contained). Diff: onto the parent's layer.
     const disk = path.join(staging, 'disk.qcow2');
-    fs.copyFileSync(src.activeDisk, disk);
+    copyVmmFile(src.activeDisk, disk);
     const parentDisk = `../${src.source.tag}/${src.source.meta.files.disk.path}`;
     if (mode === 'diff') await rebase(staging, disk, parentDisk, 'qcow2');
     else await rebase(staging, disk, 'base.ext4', 'raw');
@@ -119,7 +120,7 @@ export async function branchSandbox(
           net_index: null,
           cgroup: null,
         });
-        await createTap(tap);
+        if (!(await jailEnabled())) await createTap(tap);
       }
       norm = await normalizeStream({
         machine,
@@ -216,4 +217,31 @@ async function rebase(cwd: string, image: string, backing: string, fmt: 'raw' | 
 
 function round(n: number): number {
   return Math.round(n * 10) / 10;
+}
+
+/**
+ * Copy a file the sandbox's QEMU wrote (its overlay, in a dir its uid owns): opened without following
+ * a symlink and only if it is a regular file, so a compromised VMM cannot make the daemon copy a host
+ * file into a snapshot.
+ */
+function copyVmmFile(src: string, dst: string): void {
+  const fd = fs.openSync(src, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    if (!fs.fstatSync(fd).isFile())
+      throw new ForkdError('vmm_failed', `the sandbox's disk ${src} is not a regular file`);
+    const out = fs.openSync(dst, 'w', 0o644);
+    try {
+      const buf = Buffer.allocUnsafe(4 << 20);
+      for (let pos = 0; ;) {
+        const n = fs.readSync(fd, buf, 0, buf.length, pos);
+        if (n === 0) break;
+        fs.writeSync(out, buf, 0, n);
+        pos += n;
+      }
+    } finally {
+      fs.closeSync(out);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -27,6 +27,7 @@ import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile
 import { validateTag } from './tag.js';
 import { snapshotDir, snapshotExists } from './store.js';
 import { createTap, deleteLink } from '../network/tap.js';
+import { jailEnabled } from '../vmm/jail.js';
 import { randomBytes } from 'node:crypto';
 
 export interface CreateSnapshotOptions {
@@ -163,7 +164,8 @@ export async function createSnapshot(
   const t0 = performance.now();
   const timings: Record<string, number> = {};
   try {
-    if (parentTap) await createTap(parentTap);
+    // A jailed QEMU makes its tap in its own network namespace (vmm/jail.ts).
+    if (parentTap && !(await jailEnabled())) await createTap(parentTap);
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
     // In reference-host time: the agent client stretches it to this host's measured speed.

@@ -7,6 +7,7 @@ import { onInterrupt } from '../util/teardown.js';
 import type { Reporter } from '../util/report.js';
 import type { QemuVm } from '../vmm/qemu.js';
 import { captureRunning } from '../vmm/capture.js';
+import { vmDir } from '../vmm/jail.js';
 import type { Accel } from '../vmm/types.js';
 import { createWorkDir } from '../host/workdir.js';
 import { kvmOpenError } from '../host/accel.js';
@@ -89,7 +90,7 @@ export async function wpBench(
         const cap = await captureRunning(vm, {
           mode,
           stream: '/dev/null',
-          newOverlay: path.join(workDir, `layer-${runs.length}.qcow2`),
+          newOverlay: path.join(vmDir(workDir), `layer-${runs.length}.qcow2`),
         });
         const { streamMs } = await cap.streamDone;
         runs.push({ mode, pause_ms: round(cap.pauseMs), copy_ms: round(streamMs) });

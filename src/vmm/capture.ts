@@ -1,8 +1,8 @@
 import { ForkdError } from '../util/errors.js';
 import { migrateToFile, QemuVmm, waitMigration, type QemuVm } from './qemu.js';
-import { shellQuote } from './qemu-argv.js';
 import type { MachineConfig } from './types.js';
 import { openStreamSink, type StreamSink } from './stream-sink.js';
+import { unprivilegedUserfaultfd } from './jail.js';
 
 /**
  * Capturing a running child (BRANCH) with what QEMU 7.2 offers natively (spike-branch §4):
@@ -59,7 +59,10 @@ export async function ensureRunning(vm: QemuVm): Promise<void> {
 
 export async function captureRunning(vm: QemuVm, spec: CaptureSpec): Promise<CaptureResult> {
   const qmp = vm.qmp!;
-  const background = spec.background ?? spec.mode !== 'full';
+  // A jailed QEMU has no CAP_SYS_PTRACE: without vm.unprivileged_userfaultfd=1 it cannot write-protect
+  // its RAM, so live and diff branches stream while the guest is stopped (same result, longer pause).
+  const background =
+    (spec.background ?? spec.mode !== 'full') && (vm.jailUid === undefined || unprivilegedUserfaultfd());
   const t0 = performance.now();
   let sink: StreamSink | undefined;
   try {
@@ -128,12 +131,19 @@ export async function normalizeStream(opts: {
   tap?: string;
 }): Promise<{ loadMs: number; saveMs: number }> {
   const vmm = new QemuVmm();
-  const vm = await vmm.startIncoming(opts.machine, opts.workDir, opts.memoryOut, opts.disk, opts.tap);
+  const vm = await vmm.startIncoming(
+    opts.machine,
+    opts.workDir,
+    opts.memoryOut,
+    opts.disk,
+    opts.stream,
+    opts.tap,
+  );
   try {
     const qmp = vm.qmp!;
     const t0 = performance.now();
     await setCaps(vm, { 'x-ignore-shared': false });
-    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(opts.stream)}` });
+    await qmp.execute('migrate-incoming', { uri: 'fd:3' });
     await waitMigration(qmp, 600_000, () => vm.qemuLog());
     const t1 = performance.now();
     await setCaps(vm, { 'x-ignore-shared': true });

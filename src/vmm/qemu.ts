@@ -7,6 +7,19 @@ import { ForkdError } from '../util/errors.js';
 import { run, sameProcessAlive } from '../util/proc.js';
 import { QmpClient } from './qmp.js';
 import { childArgs, machineArgs, parentArgs, type QemuPaths } from './qemu-argv.js';
+import {
+  backingChain,
+  bindLease,
+  jailCommand,
+  jailEnabled,
+  leaseUid,
+  readJailRecord,
+  releaseJail,
+  releaseLease,
+  vmDir,
+  writeJailRecord,
+  type JailRecord,
+} from './jail.js';
 import type {
   BootSpec,
   PendingRestore as VmPendingRestore,
@@ -21,13 +34,18 @@ export function qemuBinary(): string {
   return process.env.FORKD_QEMU || 'qemu-system-x86_64';
 }
 
+/**
+ * What QEMU itself creates (sockets, console log) is in the work dir's `vm/` (jail.ts: the one dir a
+ * jailed VMM may write); the daemon's own records stay beside it, out of the VMM's reach.
+ */
 export function workPaths(workDir: string, memoryFile: string, disk: string): QemuPaths {
+  const own = vmDir(workDir);
   return {
-    qmpSocket: path.join(workDir, 'qmp.sock'),
-    agentSocket: path.join(workDir, 'agent.sock'),
-    pythonSocket: path.join(workDir, 'python.sock'),
-    consoleLog: path.join(workDir, 'console.log'),
-    signalSocket: path.join(workDir, 'signal.sock'),
+    qmpSocket: path.join(own, 'qmp.sock'),
+    agentSocket: path.join(own, 'agent.sock'),
+    pythonSocket: path.join(own, 'python.sock'),
+    consoleLog: path.join(own, 'console.log'),
+    signalSocket: path.join(own, 'signal.sock'),
     memoryFile,
     disk,
   };
@@ -59,6 +77,8 @@ export class QemuVm implements VmHandle {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private alive = true;
   qmp: QmpClient | undefined;
+  /** The uid of a jailed QEMU (vmm/jail.ts); undefined when it runs unconfined. */
+  jailUid: number | undefined;
   private stopWatch: (() => void) | undefined;
 
   private constructor(
@@ -100,6 +120,7 @@ export class QemuVm implements VmHandle {
       timer.unref();
     });
     vm.stopWatch = () => clearInterval(timer);
+    vm.jailUid = readJailRecord(workDir)?.uid;
     return vm;
   }
 
@@ -223,19 +244,74 @@ export class QemuVmm implements Vmm<QemuVm> {
     return cachedVersion;
   }
 
-  private start(workDir: string, paths: QemuPaths, argv: string[], extraFds: number[] = []): QemuVm {
-    fs.mkdirSync(workDir, { recursive: true });
+  /**
+   * Spawn QEMU, jailed where the host allows it (jail.ts). `files` says which files it opens: written
+   * (its own, handed to its uid), shared (a snapshot's memory image), read (kernel, firmware); the disk
+   * layers below `paths.disk` are found from the qcow2 headers.
+   */
+  private async start(
+    workDir: string,
+    paths: QemuPaths,
+    argv: string[],
+    opts: {
+      extraFds?: number[];
+      machine: RestoreSpec['machine'];
+      writable: string[];
+      shared?: string[];
+      readable?: string[];
+    },
+  ): Promise<QemuVm> {
+    fs.mkdirSync(vmDir(workDir), { recursive: true, mode: 0o700 });
     for (const s of [paths.qmpSocket, paths.agentSocket, paths.pythonSocket, paths.signalSocket])
       fs.rmSync(s, { force: true });
+    let cmd = qemuBinary();
+    let args = argv;
+    let jail: JailRecord | undefined;
+    if (await jailEnabled()) {
+      const lease = leaseUid();
+      try {
+        const j = jailCommand(
+          {
+            lease,
+            name: `vmm-${lease.uid}`,
+            vmDir: vmDir(workDir),
+            writable: [...opts.writable, paths.disk].filter((f, i, a) => a.indexOf(f) === i),
+            shared: opts.shared ?? [],
+            readable: [
+              ...(opts.readable ?? []),
+              ...(opts.machine.firmware ? [opts.machine.firmware] : []),
+              ...backingChain(paths.disk),
+            ].filter((f) => f !== ''),
+            kvm: opts.machine.accel === 'kvm',
+            tap: paths.tap,
+          },
+          qemuBinary(),
+          argv,
+        );
+        ({ cmd, args } = j);
+        jail = j.record;
+        writeJailRecord(workDir, jail);
+      } catch (e) {
+        releaseLease(lease);
+        throw e;
+      }
+    }
     const log = fs.openSync(path.join(workDir, 'qemu.log'), 'w');
-    const child = spawn(qemuBinary(), argv, {
-      stdio: ['ignore', log, log, ...extraFds],
+    const child = spawn(cmd, args, {
+      stdio: ['ignore', log, log, ...(opts.extraFds ?? [])],
       // Own process group: a terminal's Ctrl-C reaches forkd, which tears children down in order.
       detached: true,
     });
     fs.closeSync(log);
+    if (jail && child.pid) bindLease({ uid: jail.uid, file: jail.lease }, child.pid);
     fs.writeFileSync(path.join(workDir, 'qemu.pid'), `${child.pid}\n`);
-    return QemuVm.fromChild(child, workDir, paths);
+    const vm = QemuVm.fromChild(child, workDir, paths);
+    vm.jailUid = jail?.uid;
+    if (jail) {
+      const rec = jail;
+      void vm.exited.then(() => releaseJail(rec).catch(() => {}));
+    }
+    return vm;
   }
 
   async boot(spec: BootSpec): Promise<QemuVm> {
@@ -245,7 +321,11 @@ export class QemuVmm implements Vmm<QemuVm> {
       '-name',
       'forkd-parent',
     ];
-    const vm = this.start(spec.workDir, paths, argv);
+    const vm = await this.start(spec.workDir, paths, argv, {
+      machine: spec.machine,
+      writable: [spec.memoryFile],
+      readable: [spec.kernel, spec.initrd],
+    });
     await vm.connectQmp(15_000);
     return vm;
   }
@@ -277,7 +357,12 @@ export class QemuVmm implements Vmm<QemuVm> {
     const stateFd = fs.openSync(spec.vmstateFile, 'r');
     let vm: QemuVm;
     try {
-      vm = this.start(spec.workDir, paths, argv, [stateFd]);
+      vm = await this.start(spec.workDir, paths, argv, {
+        extraFds: [stateFd],
+        machine: spec.machine,
+        writable: [],
+        shared: [spec.memoryFile],
+      });
     } finally {
       fs.closeSync(stateFd);
     }
@@ -336,6 +421,8 @@ export class QemuVmm implements Vmm<QemuVm> {
     workDir: string,
     memoryFile: string,
     disk: string,
+    /** The incoming stream, handed to QEMU as fd 3 (migrate-incoming fd:3): no shell, no path. */
+    stream: string,
     tap?: string,
   ): Promise<QemuVm> {
     const paths = { ...workPaths(workDir, memoryFile, disk), tap };
@@ -347,7 +434,13 @@ export class QemuVmm implements Vmm<QemuVm> {
       '-name',
       'forkd-normalize',
     ];
-    const vm = this.start(workDir, paths, argv);
+    const streamFd = fs.openSync(stream, 'r');
+    let vm: QemuVm;
+    try {
+      vm = await this.start(workDir, paths, argv, { extraFds: [streamFd], machine, writable: [memoryFile] });
+    } finally {
+      fs.closeSync(streamFd);
+    }
     await vm.connectQmp(30_000);
     return vm;
   }

@@ -2,23 +2,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { runOk } from '../util/proc.js';
-import { shellQuote } from './qemu-argv.js';
+import { sleep } from '../util/proc.js';
+import { ForkdError } from '../util/errors.js';
+import { vmDir } from './jail.js';
 
 /**
  * Where an outgoing migration stream (device state, or a branch's RAM + device state) is written.
  *
- * QEMU's `exec:` writer is its own child, inside the sandbox's memory cgroup, and a file written to
- * tmpfs is charged to its writer: a workspace with a memory limit was OOM-killed by its own suspend. So
- * QEMU's writer only fills a FIFO, and a `cat` started by forkd (outside the sandbox's cgroup) writes
- * the file; it exits when the stream ends, so `written` resolves only once the file is complete. Two
- * plain `cat`s keep the throughput of one (a stream through Node's event loop was 4× slower).
- *
- * QEMU's writer must not be its direct child: when the migration completes QEMU closes the pipe and, if
- * that child has not exited yet, SIGTERMs it and 10 ms later SIGKILLs it (io/channel-command.c), so a
- * writer still copying the last bytes is killed with them. On a slow host this left an empty device
- * state. So the shell QEMU starts backgrounds the copy (on the pipe, kept as fd 3: an asynchronous
- * command's stdin is /dev/null) and exits at once; the copy then runs to the end of the stream.
+ * QEMU connects to a unix socket in its own `vm/` dir (`migrate unix:`), where a `socat` started by
+ * forkd listens and writes the file. Not QEMU's `exec:`: a jailed QEMU may not spawn (seccomp
+ * spawn=deny) and sees no host path but its own. The writer also runs outside the sandbox's memory
+ * cgroup, which matters: a file written to tmpfs is charged to its writer, and a workspace with a
+ * memory limit was once OOM-killed by its own suspend. socat exits when QEMU closes the stream, so
+ * `written` resolves only once the file is complete. (A copy through Node's event loop was 4× slower
+ * than a plain copying process.)
  */
 export interface StreamSink {
   /** The `migrate` URI. */
@@ -29,31 +26,50 @@ export interface StreamSink {
   close(): void;
 }
 
+/** socat's address syntax gives these characters meaning; forkd's own paths never contain them. */
+const SOCAT_UNSAFE = /[,:!"'\\\s]/;
+
 export async function openStreamSink(workDir: string, file: string): Promise<StreamSink> {
-  const fifo = path.join(workDir, `migrate-${randomBytes(3).toString('hex')}.fifo`);
-  await runOk('mkfifo', ['-m', '600', fifo]);
+  const sock = path.join(vmDir(workDir), `migrate-${randomBytes(3).toString('hex')}.sock`);
+  if (SOCAT_UNSAFE.test(sock))
+    throw new ForkdError(
+      'bad_input',
+      `work dir path unusable for a migration socket: ${sock}`,
+      'set FORKD_RUN_DIR to a plain path',
+    );
+  fs.mkdirSync(path.dirname(sock), { recursive: true });
   const out = fs.openSync(file, 'w', 0o600);
-  // Opening a FIFO for reading blocks until a writer opens it: cat does that, not this process.
-  const writer = spawn('cat', [fifo], { stdio: ['ignore', out, 'pipe'] });
+  // perm=0666: the socket is in the VMM's own 0700 dir, reachable by it (its uid) and root only.
+  const writer = spawn(
+    'socat',
+    ['-u', '-b', '1048576', `UNIX-LISTEN:${sock},unlink-early,perm=0666`, 'STDOUT'],
+    { stdio: ['ignore', out, 'pipe'] },
+  );
   fs.closeSync(out);
   let err = '';
   writer.stderr?.on('data', (d) => (err += d));
   const written = new Promise<number>((resolve, reject) => {
     writer.on('error', reject);
     writer.on('close', (code, signal) => {
-      fs.rmSync(fifo, { force: true });
+      fs.rmSync(sock, { force: true });
       if (code === 0) resolve(fs.statSync(file).size);
       else
         reject(new Error(`writing the migration stream failed (${signal ?? `exit ${code}`}): ${err.trim()}`));
     });
   });
   written.catch(() => {});
-  return {
-    uri: `exec:exec 3<&0; cat <&3 >${shellQuote(fifo)} 3<&- &`,
-    written,
-    close: () => {
-      if (writer.exitCode === null) writer.kill('SIGKILL');
-      fs.rmSync(fifo, { force: true });
-    },
+  const close = () => {
+    if (writer.exitCode === null) writer.kill('SIGKILL');
+    fs.rmSync(sock, { force: true });
   };
+  // QEMU's connect must find the listener.
+  const deadline = Date.now() + 10_000;
+  while (!fs.existsSync(sock)) {
+    if (writer.exitCode !== null || Date.now() > deadline) {
+      close();
+      throw new ForkdError('vmm_failed', `socat did not listen on ${sock}: ${err.trim() || 'timed out'}`);
+    }
+    await sleep(2);
+  }
+  return { uri: `unix:${sock}`, written, close };
 }
