@@ -31,6 +31,8 @@ export async function bootFirmwareGuest(opts: {
   filesDir: string;
   workDir: string;
   memoryFile: string;
+  /** false: run unjailed (wp-bench: forkd's own firmware, measuring what only an unjailed QEMU may use). */
+  confine?: boolean;
 }): Promise<QemuVm> {
   const files = await writeFirmwareMachine(opts.filesDir);
   const machine: MachineConfig = {
@@ -49,6 +51,7 @@ export async function bootFirmwareGuest(opts: {
     cmdline: '',
     memoryFile: opts.memoryFile,
     disk: files.disk,
+    ...(opts.confine === false ? { confine: false } : {}),
   });
   try {
     await waitFirmwareRunning(vm, opts.memoryFile);

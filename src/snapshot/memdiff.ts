@@ -24,13 +24,21 @@ export interface DiffStats {
   copyMs: number;
 }
 
-/** Find the guest-RAM mapping of `memoryFile` in a QEMU process. */
+/**
+ * Find the guest-RAM mapping of `memoryFile` in a QEMU process: by device and inode, not by path (a
+ * jailed QEMU's mappings show the path under its own root, vmm/jail.ts).
+ */
 export function findRamMapping(pid: number, memoryFile: string): { start: number; size: number } {
   const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+  const st = fs.statSync(memoryFile, { bigint: true });
+  // glibc's dev_t: major bits 8-19 (and 32+), minor bits 0-7 and 20-31 (and 44+); maps prints both in hex.
+  const major = ((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn);
+  const minor = (st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn);
+  const dev = `${hex2(major)}:${hex2(minor)}`;
   let best: { start: number; size: number } | undefined;
   for (const line of maps.split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+\S+\s+\d+\s+(.*)$/.exec(line);
-    if (!m || m[5]!.replace(/ \(deleted\)$/, '') !== memoryFile || Number.parseInt(m[4]!, 16) !== 0) continue;
+    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+(\S+)\s+(\d+)\s+(.*)$/.exec(line);
+    if (!m || m[5] !== dev || BigInt(m[6]!) !== st.ino || Number.parseInt(m[4]!, 16) !== 0) continue;
     const start = Number.parseInt(m[1]!, 16);
     const size = Number.parseInt(m[2]!, 16) - start;
     if (!best || size > best.size) best = { start, size };
@@ -38,6 +46,10 @@ export function findRamMapping(pid: number, memoryFile: string): { start: number
   if (!best)
     throw new ForkdError('vmm_failed', `no mapping of ${memoryFile} in process ${pid}; cannot take a diff`);
   return best;
+}
+
+function hex2(n: bigint): string {
+  return n.toString(16).padStart(2, '0');
 }
 
 /** Extract the private pages of `pid`'s mapping of `memoryFile` into a diff file. The VM must be stopped. */

@@ -83,7 +83,16 @@ export async function wpBench(
     rep.step(`filling a ${regionMib} MiB guest RAM region on ${shm}`);
     fillRegion(memoryFile, regionMib, (done) => rep.progress('region', done, regionMib * 1048576));
     rep.step(`booting the firmware guest [${accel}]`);
-    vm = await bootFirmwareGuest({ accel, memMib: regionMib, filesDir: workDir, workDir, memoryFile });
+    // Unjailed: background snapshots need userfaultfd, which a jailed (unprivileged) QEMU may not use
+    // unless the host allows it (vm.unprivileged_userfaultfd); the guest is forkd's own firmware.
+    vm = await bootFirmwareGuest({
+      accel,
+      memMib: regionMib,
+      filesDir: workDir,
+      workDir,
+      memoryFile,
+      confine: false,
+    });
     const runs: WpBenchResult['runs'] = [];
     for (let i = 0; i < reps; i++) {
       for (const mode of ['live', 'full'] as const) {

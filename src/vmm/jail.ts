@@ -3,7 +3,8 @@ import path from 'node:path';
 import { randomInt } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { commandExists, pidStartTime, run, sameProcessAlive } from '../util/proc.js';
-import { detectMemoryCgroup } from '../host/cgroup.js';
+import { spawnSync } from 'node:child_process';
+import { detectMemoryCgroup, removeCgroup } from '../host/cgroup.js';
 import { shellQuote } from './qemu-argv.js';
 
 /**
@@ -11,11 +12,11 @@ import { shellQuote } from './qemu-argv.js';
  *   - enters new mount, network, IPC and UTS namespaces (`unshare`); the network namespace is empty
  *     but for a tap the script creates in it, owned by the VMM's uid, which the daemon later moves
  *     into the sandbox's own namespace (the open tap keeps working);
- *   - mounts a fresh tmpfs as the new root holding only: /usr read-only (the binary and its libraries),
- *     the device nodes this VMM needs, and bind mounts of its own files at their host paths (its `vm/`
- *     dir, disk overlay, RAM file; the read-only disk layers below them), so no argument changes;
+ *   - chroots into a root of its own holding only: /usr read-only (the binary and its libraries), the
+ *     device nodes this VMM needs, and bind mounts of its own files at their host paths (its `vm/` dir,
+ *     disk overlay, RAM file; the read-only disk layers below them), so no argument changes;
  *   - moves itself into the VMM's own cgroup (`forkd/<name>`);
- *   - chroots and execs QEMU through `setpriv` as a uid/gid of its own (leased, never shared by two live
+ *   - execs QEMU through `setpriv` as a uid/gid of its own (leased, never shared by two live
  *     VMMs), with no capabilities (bounding set cleared) and no_new_privs;
  * and QEMU itself adds its seccomp filter (-sandbox, SECCOMP_ARGS). Every step is an `exec`, so the
  * QEMU's pid is the one the daemon spawned.
@@ -195,6 +196,8 @@ export interface JailSpec {
 /** What a started jail holds; freed by `releaseJail` once its QEMU is gone. */
 export interface JailRecord {
   uid: number;
+  /** Its root dir on the host (mount points only; the mounts live in its own namespace). */
+  root?: string | undefined;
   lease: string;
   cgroup: string | undefined;
   /** Files given to the VMM's uid, returned to root on release. */
@@ -221,10 +224,11 @@ export function jailCommand(
   for (const f of spec.shared) shareWithVmms(f);
   const cgroup = makeCgroup(spec.name);
   const record: JailRecord = { uid, lease: spec.lease.file, cgroup, given: [...spec.writable] };
-  const root = path.join(jailStateDir(), 'root');
-  fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+  const root = path.join(jailStateDir(), 'roots', String(uid));
   const binary = resolveBinary(qemu);
-  const binds: Array<{ src: string; ro: boolean }> = [
+  const binds: Bind[] = [
+    { src: '/usr', ro: true },
+    ...deviceNodes(spec.kvm, spec.tap !== undefined),
     { src: spec.vmDir, ro: false },
     ...spec.writable.map((src) => ({ src, ro: false })),
     ...spec.shared.map((src) => ({ src, ro: false })),
@@ -232,31 +236,13 @@ export function jailCommand(
       .filter((p) => !isUnderUsr(p))
       .map((src) => ({ src, ro: true })),
   ];
+  const fstab = buildRoot(root, binds);
+  record.root = root;
   const q = shellQuote;
-  const R = (p: string) => q(path.join(root, p));
-  const dirs = new Set<string>(['/usr', '/etc', '/dev', '/dev/net']);
-  const files = new Set<string>();
-  for (const b of binds) {
-    if (fs.statSync(b.src).isDirectory()) dirs.add(b.src);
-    else {
-      files.add(b.src);
-      dirs.add(path.dirname(b.src));
-    }
-  }
-  const ldCache = fs.existsSync('/etc/ld.so.cache');
-  if (ldCache) files.add('/etc/ld.so.cache');
+  // One `mount` for every bind (its own fstab), so a jail costs a handful of execs, not one per file.
   const lines = [
     'set -e',
-    `mount -t tmpfs -o mode=0755,size=1m,nosuid forkd-jail ${q(root)}`,
-    `mkdir -p ${[...dirs].map(R).join(' ')}`,
-    `touch ${[...files].map(R).join(' ')}`,
-    ...usrLinks(root),
-    `mount --bind -o ro /usr ${R('/usr')}`,
-    ...(ldCache ? [`mount --bind -o ro /etc/ld.so.cache ${R('/etc/ld.so.cache')}`] : []),
-    ...binds.map((b) => `mount --bind ${b.ro ? '-o ro ' : ''}${q(b.src)} ${R(b.src)}`),
-    ...deviceNodes(spec.kvm, spec.tap !== undefined).map(
-      (d) => `mknod -m 0666 ${R(d.path)} c ${d.major} ${d.minor}`,
-    ),
+    `mount -a -T ${q(fstab)}`,
     ...(cgroup ? [`echo $$ > ${q(path.join(cgroup, 'cgroup.procs'))}`] : []),
     ...(spec.tap ? [`ip tuntap add dev ${q(spec.tap)} mode tap vnet_hdr user ${uid} group ${uid}`] : []),
     `exec chroot ${q(root)} /usr/bin/setpriv --reuid=${uid} --regid=${uid} --groups=${VM_GROUP} ` +
@@ -292,9 +278,10 @@ export async function releaseJail(rec: JailRecord): Promise<void> {
       /* removed with its dir already */
     }
   }
-  if (rec.cgroup) {
-    const { removeCgroup } = await import('../host/cgroup.js');
-    await removeCgroup(rec.cgroup);
+  if (rec.cgroup) await removeCgroup(rec.cgroup);
+  if (rec.root) {
+    fs.rmSync(rec.root, { recursive: true, force: true });
+    fs.rmSync(`${rec.root}.fstab`, { force: true });
   }
   fs.rmSync(rec.lease, { force: true });
 }
@@ -313,8 +300,10 @@ export function readJailRecord(workDir: string): JailRecord | undefined {
     // The record is the daemon's own (root-owned, outside vm/), but check its shape before acting on it.
     const lease = path.join(leaseDir(), String(r.uid));
     const cg = detectMemoryCgroup();
+    const root = path.join(jailStateDir(), 'roots', String(r.uid));
     return {
       uid: r.uid,
+      root,
       lease,
       cgroup: typeof r.cgroup === 'string' && cg && path.dirname(r.cgroup) === cg.root ? r.cgroup : undefined,
       given: r.given.filter((f): f is string => typeof f === 'string' && path.isAbsolute(f)),
@@ -349,33 +338,97 @@ function makeCgroup(name: string): string | undefined {
   return dir;
 }
 
-/** Debian's merged /usr: /bin, /lib, /lib64 are links into /usr; the jail gets the same links. */
-function usrLinks(root: string): string[] {
-  const links = ['bin', 'lib', 'lib64', 'sbin'].filter((n) => {
+/**
+ * The VMM's root on the host (a plain root-owned dir under the jail state dir): mount points for its
+ * binds at their host paths, /usr's links, the loader cache; and the fstab that mounts the binds
+ * (bind, and read-only where asked) in the VMM's own mount namespace only.
+ */
+function buildRoot(root: string, binds: Bind[]): string {
+  fs.rmSync(root, { recursive: true, force: true });
+  fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+  fs.chmodSync(path.dirname(root), 0o700);
+  for (const n of ['bin', 'lib', 'lib64', 'sbin']) {
     try {
-      return fs.lstatSync(`/${n}`).isSymbolicLink();
+      if (fs.lstatSync(`/${n}`).isSymbolicLink())
+        fs.symlinkSync(fs.readlinkSync(`/${n}`), path.join(root, n));
     } catch {
-      return false;
+      /* not on this host */
     }
-  });
-  if (!links.length) return [];
-  return [
-    `cd ${shellQuote(root)} && ln -s ${links.map((n) => shellQuote(fs.readlinkSync(`/${n}`))).join(' ')} .`,
-  ];
+  }
+  fs.mkdirSync(path.join(root, 'etc'));
+  if (fs.existsSync('/etc/ld.so.cache'))
+    fs.copyFileSync('/etc/ld.so.cache', path.join(root, 'etc', 'ld.so.cache'));
+  const lines: string[] = [];
+  for (const b of binds) {
+    const target = path.join(root, b.dst ?? b.src);
+    if (fs.statSync(b.src).isDirectory()) fs.mkdirSync(target, { recursive: true });
+    else {
+      fs.mkdirSync(path.dirname(target), { recursive: true });
+      fs.writeFileSync(target, '');
+    }
+    lines.push(`${fstabField(b.src)} ${fstabField(target)} none ${b.ro ? 'bind,ro' : 'bind'} 0 0`);
+  }
+  const fstab = `${root}.fstab`;
+  fs.writeFileSync(fstab, lines.join('\n') + '\n', { mode: 0o600 });
+  return fstab;
 }
 
-function deviceNodes(kvm: boolean, tun: boolean): Array<{ path: string; major: number; minor: number }> {
-  const out: Array<{ path: string; major: number; minor: number }> = [];
-  const add = (p: string) => {
+/** fstab escapes whitespace and backslashes as octal. */
+function fstabField(p: string): string {
+  return p.replace(/[\s\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
+}
+
+/**
+ * Device nodes for jails, made once: null, urandom, and kvm / net/tun where a VMM needs them, mode
+ * 0666, in a root-only dir on devtmpfs (a filesystem that allows device nodes; /run is nodev). A
+ * jail bind-mounts each node it needs at its /dev path.
+ */
+interface Bind {
+  src: string;
+  ro: boolean;
+  /** Where in the jail, when not at its own path (device nodes). */
+  dst?: string;
+}
+
+function deviceDirRoot(): string {
+  return process.env.FORKD_JAIL_DEV_DIR || '/dev/forkd-jail';
+}
+
+function deviceNodes(kvm: boolean, tun: boolean): Bind[] {
+  const dir = deviceDir(kvm, tun);
+  return ['null', 'urandom', ...(kvm ? ['kvm'] : []), ...(tun ? ['net/tun'] : [])].map((n) => ({
+    src: path.join(dir, n),
+    ro: false,
+    dst: `/dev/${n}`,
+  }));
+}
+
+function deviceDir(kvm: boolean, tun: boolean): string {
+  const dir = path.join(deviceDirRoot(), `${kvm ? 'kvm' : 'nokvm'}-${tun ? 'tun' : 'notun'}`);
+  if (fs.existsSync(path.join(dir, '.ready'))) return dir;
+  fs.mkdirSync(deviceDirRoot(), { recursive: true, mode: 0o700 });
+  fs.chmodSync(deviceDirRoot(), 0o700);
+  fs.mkdirSync(path.join(dir, 'net'), { recursive: true, mode: 0o755 });
+  const nodes = ['/dev/null', '/dev/urandom', ...(kvm ? ['/dev/kvm'] : []), ...(tun ? ['/dev/net/tun'] : [])];
+  for (const p of nodes) {
     const rdev = fs.statSync(p).rdev;
     // Linux's new_encode_dev: minor bits 0-7 and 20-31, major bits 8-19.
-    out.push({ path: p, major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) });
-  };
-  add('/dev/null');
-  add('/dev/urandom');
-  if (kvm) add('/dev/kvm');
-  if (tun) add('/dev/net/tun');
-  return out;
+    const major = (rdev >> 8) & 0xfff;
+    const minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    const node = path.join(dir, p.slice('/dev/'.length));
+    fs.rmSync(node, { force: true });
+    const r = spawnSync('mknod', ['-m', '0666', node, 'c', String(major), String(minor)], {
+      encoding: 'utf8',
+    });
+    if (r.status !== 0)
+      throw new ForkdError(
+        'host_unsupported',
+        `cannot make the jail's device node ${node}: ${r.stderr}`,
+        'forkd needs root',
+      );
+  }
+  fs.writeFileSync(path.join(dir, '.ready'), '');
+  return dir;
 }
 
 function resolveBinary(cmd: string): string {

@@ -259,6 +259,7 @@ export class QemuVmm implements Vmm<QemuVm> {
       writable: string[];
       shared?: string[];
       readable?: string[];
+      confine?: boolean | undefined;
     },
   ): Promise<QemuVm> {
     fs.mkdirSync(vmDir(workDir), { recursive: true, mode: 0o700 });
@@ -267,7 +268,7 @@ export class QemuVmm implements Vmm<QemuVm> {
     let cmd = qemuBinary();
     let args = argv;
     let jail: JailRecord | undefined;
-    if (await jailEnabled()) {
+    if (opts.confine !== false && (await jailEnabled())) {
       const lease = leaseUid();
       try {
         const j = jailCommand(
@@ -325,6 +326,7 @@ export class QemuVmm implements Vmm<QemuVm> {
       machine: spec.machine,
       writable: [spec.memoryFile],
       readable: [spec.kernel, spec.initrd],
+      confine: spec.confine,
     });
     await vm.connectQmp(15_000);
     return vm;

@@ -39,10 +39,11 @@ export async function openStreamSink(workDir: string, file: string): Promise<Str
     );
   fs.mkdirSync(path.dirname(sock), { recursive: true });
   const out = fs.openSync(file, 'w', 0o600);
-  // perm=0666: the socket is in the VMM's own 0700 dir, reachable by it (its uid) and root only.
+  // umask 0: the socket is made 0777 at bind (a chmod after it would race QEMU's connect). It is in the
+  // VMM's own 0700 dir, so only that VMM (its uid) and root can reach it.
   const writer = spawn(
     'socat',
-    ['-u', '-b', '1048576', `UNIX-LISTEN:${sock},unlink-early,perm=0666`, 'STDOUT'],
+    ['-u', '-b', '1048576', `UNIX-LISTEN:${sock},unlink-early,umask=0000`, 'STDOUT'],
     { stdio: ['ignore', out, 'pipe'] },
   );
   fs.closeSync(out);
@@ -64,7 +65,7 @@ export async function openStreamSink(workDir: string, file: string): Promise<Str
   };
   // QEMU's connect must find the listener.
   const deadline = Date.now() + 10_000;
-  while (!fs.existsSync(sock)) {
+  while (!connectable(sock)) {
     if (writer.exitCode !== null || Date.now() > deadline) {
       close();
       throw new ForkdError('vmm_failed', `socat did not listen on ${sock}: ${err.trim() || 'timed out'}`);
@@ -72,4 +73,23 @@ export async function openStreamSink(workDir: string, file: string): Promise<Str
     await sleep(2);
   }
   return { uri: `unix:${sock}`, written, close };
+}
+
+/**
+ * socat listens on the socket, which is open to others (what a jailed QEMU's connect needs): socat
+ * binds, then listens, and a connect in between is refused. Listening sockets carry __SO_ACCEPTCON
+ * (0x10000) in /proc/net/unix.
+ */
+function connectable(sock: string): boolean {
+  try {
+    if ((fs.statSync(sock).mode & 0o002) === 0) return false;
+  } catch {
+    return false;
+  }
+  const table = fs.readFileSync('/proc/net/unix', 'utf8');
+  for (const line of table.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && f.slice(7).join(' ') === sock) return (Number.parseInt(f[3]!, 16) & 0x10000) !== 0;
+  }
+  return false;
 }

@@ -45,6 +45,8 @@ export interface BootSpec {
   disk: string;
   /** Host tap interface for the NIC (machine.net === 'virtio'). */
   tap?: string;
+  /** false: start this VMM unjailed (only for forkd's own measurement guests; see vmm/jail.ts). */
+  confine?: boolean;
   /** Called with each console line while booting (progress, diagnostics). */
   onConsole?: (line: string) => void;
 }

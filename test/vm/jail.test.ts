@@ -222,6 +222,7 @@ describe('VMM jail on real VMs', { timeout: 20 * 60_000 }, () => {
     for (const r of recs) {
       assert.equal(fs.existsSync(path.join(jailStateDir(), 'uids', String(r.uid))), false, 'lease freed');
       if (r.cgroup) assert.equal(fs.existsSync(r.cgroup), false, 'cgroup removed');
+      assert.equal(fs.existsSync(r.root!), false, 'its root dir removed');
     }
   });
 
