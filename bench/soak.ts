@@ -2,7 +2,8 @@
  * npm run soak — the daemon under sustained use, crashes and hostile input, on real VMs. Bounded in count
  * and time; traffic goes only to loopback and to namespaces this run creates. Phases:
  *   cycles: N spawn → exec → kill cycles (default 200), mixing per-sandbox netns, memory limits and the
- *           warm pool; then counts what leaked: QEMUs, taps, netns, cgroups, dirs, tmpfs files, daemon fds.
+ *           warm pool; then counts what leaked: QEMUs, taps, netns, cgroups, VMM jails (uid leases, roots),
+ *           dirs, tmpfs files, daemon fds.
  *   chaos:  kill -9 of the daemon at a random point during spawn, exec, branch (each mode) and workspace
  *           suspend (default 30 times); after each restart every listed sandbox must answer, and every
  *           snapshot listed ready must verify against its hashes; at the end nothing may leak.
@@ -14,6 +15,7 @@
  * picks phases.
  */
 import fs from 'node:fs';
+import { jailStateDir } from '../src/vmm/jail.js';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
@@ -151,9 +153,19 @@ function hostCounts(): Record<string, number> {
     netns: sh('ip', ['netns', 'list'])
       .split('\n')
       .filter((l) => l.startsWith('forkd-')).length,
-    cgroups: cg ? fs.readdirSync(cg).filter((n) => n.startsWith('sb-')).length : 0,
+    cgroups: cg ? fs.readdirSync(cg).filter((n) => n.startsWith('sb-') || n.startsWith('vmm-')).length : 0,
+    jail_leases: countEntries(path.join(jailStateDir(), 'uids')),
+    jail_roots: countEntries(path.join(jailStateDir(), 'roots')),
     sandbox_dirs: fs.readdirSync(run).filter((n) => n.startsWith('forkd-')).length,
   };
+}
+
+function countEntries(dir: string): number {
+  try {
+    return fs.readdirSync(dir).length;
+  } catch {
+    return 0;
+  }
 }
 
 function daemonFds(): number {

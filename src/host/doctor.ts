@@ -6,7 +6,7 @@ import { freeBytes } from '../util/fs.js';
 import { bytes } from '../util/format.js';
 import { commandExists, memAvailableMib } from '../util/proc.js';
 import { qemuBinary, QemuVmm } from '../vmm/qemu.js';
-import { jailSupport } from '../vmm/jail.js';
+import { jailSupport, unprivilegedUserfaultfd } from '../vmm/jail.js';
 import { listImages } from '../image/build.js';
 import { REQUIREMENTS, busyboxIsStatic, isProvided } from './requirements.js';
 import { hostKind, kvmOpenError, probeAccel, validCachedProbe } from './accel.js';
@@ -376,7 +376,10 @@ async function jailCheck(): Promise<Check> {
     return check(
       'vmm jail',
       'PASS',
-      'each QEMU: own mount/net/IPC/UTS namespaces and tmpfs root with only its files, own uid/gid, own cgroup, no capabilities, no_new_privs, seccomp (-sandbox spawn/elevateprivileges/resourcecontrol/obsolete=deny)',
+      'each QEMU: own mount/net/IPC/UTS namespaces and a root holding only its own files, own uid/gid, own cgroup, no capabilities, no_new_privs, seccomp (-sandbox spawn/elevateprivileges/resourcecontrol/obsolete=deny)' +
+        (unprivilegedUserfaultfd()
+          ? ''
+          : '; vm.unprivileged_userfaultfd=0, so live and diff branches copy RAM with the guest stopped'),
     );
   if (j.requested === 'off')
     return check('vmm jail', 'WARN', 'FORKD_JAIL=off: QEMU runs as root, unconfined', 'unset FORKD_JAIL');
