@@ -44,12 +44,10 @@ function requireCgroup(): CgroupInfo {
   return cg;
 }
 
-/** Create the sandbox's cgroup with its limit and move `pid` into it. Returns the cgroup path. */
-export function limitMemory(id: string, pid: number, limitMib: number): string {
-  const cg = requireCgroup();
-  const bytes = String(limitMib * 1048576);
-  if (cg.version === 2) {
-    fs.mkdirSync(cg.root, { recursive: true });
+/** Create (idempotently) `forkd/<name>` with the memory controller enabled down to it. */
+export function makeCgroup(cg: CgroupInfo, name: string): string {
+  fs.mkdirSync(cg.root, { recursive: true });
+  if (cg.version === 2)
     // The memory controller must be enabled for children at each level.
     for (const dir of [V2, cg.root]) {
       try {
@@ -58,9 +56,16 @@ export function limitMemory(id: string, pid: number, limitMib: number): string {
         /* already enabled, or not allowed here: the mkdir below will tell */
       }
     }
-  } else fs.mkdirSync(cg.root, { recursive: true });
-  const dir = path.join(cg.root, id);
+  const dir = path.join(cg.root, name);
   fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+/** Create the sandbox's cgroup with its limit and move `pid` into it. Returns the cgroup path. */
+export function limitMemory(id: string, pid: number, limitMib: number): string {
+  const cg = requireCgroup();
+  const bytes = String(limitMib * 1048576);
+  const dir = makeCgroup(cg, id);
   if (cg.version === 2) {
     fs.writeFileSync(path.join(dir, 'memory.max'), bytes);
     tryWrite(path.join(dir, 'memory.swap.max'), '0');

@@ -4,7 +4,7 @@ import { randomInt } from 'node:crypto';
 import { ForkdError } from '../util/errors.js';
 import { commandExists, pidStartTime, run, sameProcessAlive } from '../util/proc.js';
 import { spawnSync } from 'node:child_process';
-import { detectMemoryCgroup, removeCgroup } from '../host/cgroup.js';
+import { detectMemoryCgroup, makeCgroup, removeCgroup } from '../host/cgroup.js';
 import { shellQuote } from './qemu-argv.js';
 
 /**
@@ -222,7 +222,8 @@ export function jailCommand(
     fs.chownSync(f, uid, uid);
   }
   for (const f of spec.shared) shareWithVmms(f);
-  const cgroup = makeCgroup(spec.name);
+  const cg = detectMemoryCgroup();
+  const cgroup = cg ? makeCgroup(cg, spec.name) : undefined;
   const record: JailRecord = { uid, lease: spec.lease.file, cgroup, given: [...spec.writable] };
   const root = path.join(jailStateDir(), 'roots', String(uid));
   const binary = resolveBinary(qemu);
@@ -318,24 +319,6 @@ export function shareWithVmms(file: string): void {
   const st = fs.statSync(file);
   if (st.uid !== 0 || st.gid !== VM_GROUP) fs.chownSync(file, 0, VM_GROUP);
   if ((st.mode & 0o777) !== 0o660) fs.chmodSync(file, 0o660);
-}
-
-function makeCgroup(name: string): string | undefined {
-  const cg = detectMemoryCgroup();
-  if (!cg) return undefined;
-  if (cg.version === 2) {
-    fs.mkdirSync(cg.root, { recursive: true });
-    for (const dir of [path.dirname(cg.root), cg.root]) {
-      try {
-        fs.writeFileSync(path.join(dir, 'cgroup.subtree_control'), '+memory');
-      } catch {
-        /* already enabled */
-      }
-    }
-  } else fs.mkdirSync(cg.root, { recursive: true });
-  const dir = path.join(cg.root, name);
-  fs.mkdirSync(dir, { recursive: true });
-  return dir;
 }
 
 /**
