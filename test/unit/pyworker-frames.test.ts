@@ -22,6 +22,9 @@ for item in json.loads(sys.stdin.read()):
     if item == "reset":
         frames.reset()
         continue
+    if item == "ack_lost":
+        frames.ack_lost()
+        continue
     acks, lines = frames.feed(bytes.fromhex(item))
     out.append({"acks": [a.hex() for a in acks], "lines": [l.decode() for l in lines], "session": frames.in_session})
 print(json.dumps(out))
@@ -47,8 +50,8 @@ function python(): string | undefined {
 const PY = python();
 
 /** `maxLine` defaults to the worker's own limit (64 MiB). */
-function feed(chunks: (Buffer | 'reset')[], maxLine = 64 << 20): Step[] {
-  const input = JSON.stringify(chunks.map((c) => (c === 'reset' ? c : c.toString('hex'))));
+function feed(chunks: (Buffer | 'reset' | 'ack_lost')[], maxLine = 64 << 20): Step[] {
+  const input = JSON.stringify(chunks.map((c) => (typeof c === 'string' ? c : c.toString('hex'))));
   const out = execFileSync(PY!, ['-c', DRIVER, PYWORKER_DIR, String(maxLine)], { input, encoding: 'utf8' });
   return JSON.parse(out) as Step[];
 }
@@ -88,6 +91,20 @@ describe(
           [1, []],
           [0, ['{"id":1}']],
           [0, ['{"id":2}']],
+        ],
+      );
+    });
+
+    it('an ACK that could not be written is sent again for the next repeat, once', () => {
+      // The worker's write of the ACK failed (the guest kernel did not yet know the host had connected).
+      const hello = helloFrame(nonceA);
+      const steps = feed([hello, 'ack_lost', hello, Buffer.concat([hello, b('{"id":1}\n')])]);
+      assert.deepEqual(
+        steps.map((s) => [s.acks, s.lines]),
+        [
+          [[ack(nonceA)], []],
+          [[ack(nonceA)], []],
+          [[], ['{"id":1}']],
         ],
       );
     });

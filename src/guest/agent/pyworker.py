@@ -123,7 +123,8 @@ class HostFrames:
     A session starts at HELLO+nonce and is answered ACK+nonce; bytes before it belong to an older
     connection (or none) and are dropped. The host resends its HELLO until it sees the ACK, so a HELLO
     repeating the current session's nonce is not a new session: it is dropped and gets no second ACK,
-    which the host would otherwise read inside the session as a reply."""
+    which the host would otherwise read inside the session as a reply, unless the first ACK never left
+    (`ack_lost`): then the repeat is answered, or the host would wait for it forever."""
 
     FRAME = len(HELLO) + NONCE_BYTES
 
@@ -139,9 +140,15 @@ class HostFrames:
         """The host went away."""
         self.buf = bytearray()
         self.nonce = None  # the current session's, or None outside a session
+        self.unacked = False  # the current session's ACK could not be written
         # Searched already: no HELLO starts before `scan`, no newline is before `line_scan`.
         self.scan = 0
         self.line_scan = 0
+
+    def ack_lost(self):
+        """The last ACK asked for was not written: answer the host's next repeat of its HELLO."""
+        if self.in_session:
+            self.unacked = True
 
     def feed(self, data):
         """Returns (acks, lines): the ACK frames to write, in order, and the session's complete lines.
@@ -154,10 +161,14 @@ class HostFrames:
             if nonce == self.nonce:
                 del self.buf[at : at + self.FRAME]
                 self.line_scan = min(self.line_scan, at)
+                if self.unacked:
+                    self.unacked = False
+                    acks.append(ACK + nonce)
             else:
                 del self.buf[: at + self.FRAME]
                 at = self.line_scan = 0
                 self.nonce = nonce
+                self.unacked = False
                 acks.append(ACK + nonce)
             at = self.buf.find(HELLO, at)
         # A HELLO still arriving (its nonce not all here) is searched again from its start.
@@ -216,7 +227,10 @@ class HostChannel:
             return []
         acks, lines = self.frames.feed(data)
         for ack in acks:
-            self.write_out(ack)
+            # A host that just connected can send its HELLO before this kernel has processed QEMU's
+            # "host connected" message: the port then still polls as hung up and the ACK is dropped.
+            if not self.write_out(ack):
+                self.frames.ack_lost()
         return lines
 
     def send(self, msg):
@@ -224,6 +238,7 @@ class HostChannel:
             self.write_out(json.dumps(msg).encode() + b"\n")
 
     def write_out(self, data):
+        """Returns whether all of `data` was written."""
         view = memoryview(data)
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
@@ -235,11 +250,12 @@ class HostChannel:
             except BlockingIOError:
                 pass
             except OSError:
-                return  # the host went away: its session ended with it
+                return False  # the host went away: its session ended with it
             ev = poller.poll(100)
             waited = 0 if ev and ev[0][1] & select.POLLOUT else waited + 1
             if (ev and ev[0][1] & select.POLLHUP) or waited > 300:
-                return  # no host reads this (anymore); it resyncs on its next connection
+                return False  # no host reads this (anymore); it resyncs on its next connection
+        return True
 
 
 def new_namespace():
