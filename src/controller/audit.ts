@@ -26,6 +26,11 @@ export class AuditLog {
     this.stream.write(JSON.stringify(e) + '\n');
   }
 
+  /** A change recorded with its details (e.g. an egress policy replaced): `event` names it. */
+  event(e: { event: string } & Record<string, unknown>): void {
+    this.stream.write(JSON.stringify({ ts: new Date().toISOString(), ...e }) + '\n');
+  }
+
   close(): Promise<void> {
     return new Promise((r) => this.stream.end(r));
   }

@@ -130,6 +130,7 @@ export class BranchManager {
           nextDisk: path.join(vmDir(rec.work_dir), `disk-${gen}.qcow2`),
           // Owned by this daemon (owner.json), so `forkd cleanup` sweeps it if the daemon dies mid-branch.
           workDir: createWorkDir('branch', tag),
+          network: { netns: rec.netns !== null, egress: rec.egress },
         },
         tag,
         mode,

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { listSnapshots, loadSnapshot, snapshotExists } from '../snapshot/store.js';
@@ -11,6 +12,7 @@ import { Metrics } from './metrics.js';
 import { WarmPool } from '../engine/pool.js';
 import { SandboxManager, type SpawnOptions, type SpawnTimings } from './sandboxes.js';
 import { StateStore, type SandboxRecord, type WorkspaceRecord } from './state.js';
+import { describePolicy, normalizePolicy, type EgressPolicy } from '../network/egress-policy.js';
 
 export interface ControllerOptions {
   stateFile: string;
@@ -57,6 +59,9 @@ export interface SandboxInfo {
   expires_at_unix: number | null;
   metadata: Record<string, string>;
   workspace: string | null;
+  /** Its egress policy (null: no network namespace) and a one-line summary of it. */
+  network: EgressPolicy | null;
+  network_summary: string;
 }
 
 export interface SpawnItem extends Partial<SandboxInfo> {
@@ -75,6 +80,8 @@ export class Controller {
   readonly sandboxes: SandboxManager;
   readonly branches: BranchManager;
   readonly metrics: Metrics;
+  /** Changes worth an audit line of their own ('event'); the server writes them to the audit log. */
+  readonly audit = new EventEmitter();
   /** tags being created by POST /v1/snapshots */
   private readonly creating = new Set<string>();
   private reaper: NodeJS.Timeout | undefined;
@@ -96,6 +103,7 @@ export class Controller {
       cap: () => this.branches.concurrency,
       pool: () => this.pool.sizes(),
       workspaces: () => this.state.workspaces.size,
+      egressRefused: () => this.sandboxes.egressRefused(),
     });
     this.branches = new BranchManager(this.state, this.sandboxes, opts.branchConcurrency, {
       log: opts.log,
@@ -289,6 +297,8 @@ export class Controller {
       ...(live?.exited ? { exit_reason: live.exited.reason } : {}),
       netns: rec.netns,
       guest_addr: rec.guest_addr,
+      network: rec.egress,
+      network_summary: rec.netns ? describePolicy(rec.egress) : 'no network',
       created_at_unix: rec.created_at_unix,
       pid: live?.exited ? null : rec.pid,
       memory_limit_mib: rec.memory_limit_mib,
@@ -307,6 +317,17 @@ export class Controller {
     return all
       .map((l) => this.sandboxInfo(l.rec))
       .sort((a, b) => a.created_at_unix - b.created_at_unix || a.id.localeCompare(b.id));
+  }
+
+  /**
+   * Replace a sandbox's egress policy. The change is recorded in the audit log (who, which sandbox,
+   * the old and the new policy): request lines alone do not carry bodies.
+   */
+  async setSandboxNetwork(id: string, policy: Partial<EgressPolicy>, remote: string): Promise<SandboxInfo> {
+    const before = this.sandboxes.find(id).rec.egress;
+    const after = await this.sandboxes.setEgress(id, policy);
+    this.audit.emit('event', { event: 'egress_policy_set', sandbox: id, remote, before, after });
+    return this.getSandbox(id);
   }
 
   getSandbox(id: string): SandboxInfo {
@@ -344,7 +365,9 @@ export class Controller {
     const [item] = await this.spawn({
       snapshot_tag: tag,
       n: 1,
-      per_child_netns: w.per_child_netns,
+      // Otherwise what the state snapshot carries: the network and policy its last sandbox had.
+      per_child_netns: w.per_child_netns ? true : undefined,
+      egress: tag === w.source_snapshot_tag ? (w.egress ?? undefined) : undefined,
       memory_limit_mib: w.memory_limit_mib,
       timeout_secs: null,
       envs: w.envs,
@@ -359,6 +382,7 @@ export class Controller {
     name: string;
     snapshot_tag: string;
     per_child_netns: boolean;
+    egress?: EgressPolicy | undefined;
     memory_limit_mib: number | null;
     envs: Record<string, string>;
   }): Promise<WorkspaceInfo> {
@@ -378,6 +402,7 @@ export class Controller {
       last_active_unix: now,
       last_branch_memory_path: null,
       per_child_netns: req.per_child_netns,
+      egress: req.egress ? normalizePolicy(req.egress) : null,
       memory_limit_mib: req.memory_limit_mib,
       envs: req.envs,
       suspend_count: 0,

@@ -53,6 +53,8 @@ export class Metrics {
     cap: () => number;
     pool: () => Record<string, number>;
     workspaces: () => number;
+    /** Per sandbox with a network namespace: packets its egress policy refused (read from nftables). */
+    egressRefused: () => Promise<Record<string, number>>;
   }) {
     const reg = [this.registry];
     const g = (name: string, help: string, read: () => number) =>
@@ -77,6 +79,17 @@ export class Metrics {
       collect() {
         this.reset();
         for (const [tag, n] of Object.entries(sample.pool())) this.set({ tag }, n);
+      },
+    });
+    new client.Counter({
+      name: 'forkd_egress_refused_packets_total',
+      help: 'Packets from a sandbox its egress policy refused (a refused TCP connect is one), per sandbox',
+      labelNames: ['sandbox'],
+      registers: reg,
+      async collect() {
+        const counts = await sample.egressRefused();
+        this.reset();
+        for (const [sandbox, n] of Object.entries(counts)) this.inc({ sandbox }, n);
       },
     });
     new client.Gauge({

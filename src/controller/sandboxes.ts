@@ -8,6 +8,9 @@ import type { AgentClient } from '../agent-client/client.js';
 import type { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { allocIndex } from '../network/netns.js';
+import { applyEgress, refusedPackets } from '../network/egress-rules.js';
+import { normalizePolicy, OPEN_POLICY, type EgressPolicy } from '../network/egress-policy.js';
+import type { SnapshotMeta } from '../snapshot/metadata.js';
 import { oomKilled } from '../host/cgroup.js';
 import {
   adoptChild,
@@ -27,7 +30,10 @@ import type { SandboxRecord, StateStore } from './state.js';
 
 export interface SpawnOptions {
   snapshot_tag: string;
-  per_child_netns: boolean;
+  /** Its own network namespace; undefined: what the snapshot says (SnapshotMeta.network), else none. */
+  per_child_netns?: boolean | undefined;
+  /** Where it may connect out to; undefined: the snapshot's policy (a fork keeps its source's). */
+  egress?: EgressPolicy | undefined;
   memory_limit_mib: number | null;
   timeout_secs: number | null;
   envs: Record<string, string>;
@@ -74,6 +80,30 @@ export interface ManagerEvents {
 const nowUnix = () => Math.floor(Date.now() / 1000);
 
 /**
+ * A spawn's network: the request's choices over what the snapshot carries. A policy implies a
+ * namespace (it is enforced there); a snapshot's policy is validated again (packs are untrusted).
+ */
+export function effectiveNetwork(
+  fromSnapshot: SnapshotMeta['network'],
+  req: Pick<SpawnOptions, 'per_child_netns' | 'egress'>,
+): { netns: boolean; egress: EgressPolicy | null } {
+  const egress =
+    req.egress !== undefined
+      ? normalizePolicy(req.egress)
+      : fromSnapshot?.egress
+        ? normalizePolicy(fromSnapshot.egress)
+        : null;
+  const netns = req.per_child_netns ?? (egress !== null || fromSnapshot?.netns === true);
+  if (!netns && req.egress !== undefined)
+    throw new ForkdError(
+      'bad_input',
+      'an egress policy needs a network namespace, but per_child_netns is false',
+      'drop "per_child_netns": false (a policy gives the sandbox its own namespace)',
+    );
+  return { netns, egress: netns ? egress : null };
+}
+
+/**
  * Owns every sandbox: spawning (from the warm pool when it can), the agent connection (one HTTP/2
  * session per sandbox, reconnected on demand), network namespace, memory cgroup, TTL, teardown, and
  * re-adopting sandboxes that outlived a previous daemon.
@@ -105,11 +135,13 @@ export class SandboxManager {
     let prepared = this.pool.take(source);
     const fromPool = prepared !== undefined;
     if (!prepared) prepared = await this.engine.prepare(source);
+    const network = effectiveNetwork(s.meta.network, opts);
     let netIndex: number | undefined;
-    if (opts.per_child_netns) netIndex = this.allocNetIndex();
+    if (network.netns) netIndex = this.allocNetIndex();
     try {
       const child = await this.engine.start(prepared, {
         netIndex,
+        egress: network.egress ?? undefined,
         memoryLimitMib: opts.memory_limit_mib,
         t0,
         fromPool,
@@ -144,6 +176,7 @@ export class SandboxManager {
         template_id: opts.template_id ?? null,
         access_token: null,
         paused_at_unix: null,
+        egress: res.netns ? (network.egress ?? OPEN_POLICY) : null,
       };
       const live: LiveSandbox = { rec, vm, guest: child.guest!, busy: null };
       this.live.set(res.id, live);
@@ -210,6 +243,43 @@ export class SandboxManager {
     return this.get(id).guest.agent();
   }
 
+  /** Packets refused before the current policy's table was made (replacing it resets nft's counter). */
+  private readonly refusedBefore = new Map<string, number>();
+
+  /**
+   * Replace a sandbox's egress policy, atomically (one nftables transaction in its namespace). Paused
+   * sandboxes too: the policy holds when they resume.
+   */
+  async setEgress(id: string, policy: Partial<EgressPolicy>): Promise<EgressPolicy> {
+    const l = this.find(id);
+    const { netns, tap } = l.rec;
+    if (!netns || !tap)
+      throw new ForkdError(
+        'conflict',
+        `sandbox ${id} has no network namespace, so it has no network to restrict`,
+        'spawn it with per_child_netns (or with an egress policy) to give it a network',
+      );
+    const p = normalizePolicy(policy);
+    const before = await refusedPackets(netns);
+    await applyEgress(netns, tap, p);
+    if (before) this.refusedBefore.set(id, (this.refusedBefore.get(id) ?? 0) + before);
+    l.rec.egress = p;
+    this.state.save();
+    return p;
+  }
+
+  async egressRefused(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    await Promise.all(
+      [...this.live.values()].map(async (l) => {
+        if (!l.rec.netns) return;
+        const n = await refusedPackets(l.rec.netns);
+        if (n !== undefined) out[l.rec.id] = n + (this.refusedBefore.get(l.rec.id) ?? 0);
+      }),
+    );
+    return out;
+  }
+
   /** Kill a sandbox and free everything it had. */
   async destroy(id: string): Promise<void> {
     const l = this.live.get(id);
@@ -220,6 +290,7 @@ export class SandboxManager {
     if (l.busy)
       throw new ForkdError('conflict', `sandbox ${id} is busy (${l.busy}); try again when it finishes`);
     this.live.delete(id);
+    this.refusedBefore.delete(id);
     l.guest.close();
     await l.vm.destroy();
     await this.release(l.rec);

@@ -65,6 +65,7 @@ export async function buildServer(ctl: Controller, opts: ServerOptions): Promise
     return server;
   };
   const audit = opts.auditLog ? new AuditLog(opts.auditLog) : undefined;
+  if (audit) ctl.audit.on('event', (e: { event: string }) => audit.event(e));
   const app = Fastify({
     logger: opts.logger ?? { level: process.env.FORKD_LOG_LEVEL ?? 'info' },
     genReqId: () => randomBytes(6).toString('hex'),

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { writeFileDurable } from '../util/fs.js';
 import path from 'node:path';
 import { z } from 'zod';
+import { EgressPolicySchema } from '../network/egress-policy.js';
 
 /**
  * The daemon's persistent state (state.json). Written atomically (temp file + fsync + rename) after
@@ -44,6 +45,8 @@ export const SandboxRecord = z.object({
   access_token: z.string().nullable().default(null),
   /** Set while its vCPUs are stopped (E2B pause): no CPU, memory kept, no timeout running. */
   paused_at_unix: z.number().nullable().default(null),
+  /** Its egress policy (network/egress-policy.ts) when it has a network namespace; null without one. */
+  egress: EgressPolicySchema.nullable().default(null),
 });
 export type SandboxRecord = z.infer<typeof SandboxRecord>;
 
@@ -58,6 +61,8 @@ export const WorkspaceRecord = z.object({
   last_active_unix: z.number(),
   last_branch_memory_path: z.string().nullable(),
   per_child_netns: z.boolean(),
+  /** The egress policy its sandboxes get; null: the one its snapshot carries (or none). */
+  egress: EgressPolicySchema.nullable().default(null),
   memory_limit_mib: z.number().int().nullable(),
   envs: z.record(z.string(), z.string()).default({}),
   suspend_count: z.number().int().default(0),

@@ -14,6 +14,8 @@ import { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { netFor, setupChildNet, teardownChildNet } from '../network/netns.js';
+import { applyEgress } from '../network/egress-rules.js';
+import { OPEN_POLICY, type EgressPolicy } from '../network/egress-policy.js';
 import { limitMemory, removeCgroup } from '../host/cgroup.js';
 import { jailEnabled, readJailRecord, releaseJail } from '../vmm/jail.js';
 import { currentAccel, kvmOpenError } from '../host/accel.js';
@@ -265,6 +267,8 @@ export async function prepareChild(
 export interface StartOptions {
   /** Alone in its own network namespace (slot `netIndex`): needs a snapshot with a NIC. */
   netIndex?: number | undefined;
+  /** Where the guest may connect out to (with `netIndex`); default: anywhere but the host. */
+  egress?: EgressPolicy | undefined;
   memoryLimitMib?: number | null | undefined;
   /** The id the guest learns (hostname); defaults to the child id. */
   announceAs?: string | undefined;
@@ -323,6 +327,8 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
       res.net_index = net.index;
       writeRecord(res);
       await setupChildNet(net, res.tap, (await jailEnabled()) ? vm.pid : undefined);
+      // Before the guest runs: no packet leaves the namespace unjudged.
+      await applyEgress(net.netns, res.tap, opts.egress ?? OPEN_POLICY);
     }
     if (p.source.machine.firmware) return await startFirmwareChild(p, opts, t0);
     const { timings } = await vmm.completeRestore(pending);

@@ -184,6 +184,7 @@ export async function runDoctor(opts: { probe?: boolean } = {}): Promise<Check[]
     out.push(check('qemu', 'FAIL', `${qemuBinary()} not found`, 'run: forkd setup --yes'));
   }
   out.push(await jailCheck());
+  out.push(egressCheck());
   const missing = REQUIREMENTS.filter((r) => r.pkg !== 'qemu-system-x86' && !isProvided(r)).map((r) => r.pkg);
   if (
     isProvided(REQUIREMENTS.find((r) => r.pkg === 'busybox-static')!) &&
@@ -362,6 +363,22 @@ function memfdCheck(): Promise<Check> {
     });
     p.stdin.end('{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n');
   });
+}
+
+/** Whether per-sandbox egress policies can be enforced here (network/egress-rules.ts). */
+function egressCheck(): Check {
+  if (!commandExists('nft'))
+    return check(
+      'egress policy',
+      'WARN',
+      'nft (nftables) is missing: sandboxes with a network namespace cannot start',
+      'run: forkd setup --yes (or apt-get install nftables)',
+    );
+  return check(
+    'egress policy',
+    'PASS',
+    'nftables in each sandbox namespace: IPv4 address/CIDR[:port] allow and deny lists, deny-all; the host and other sandboxes never reachable; domain names not enforced yet',
+  );
 }
 
 /** What confinement each QEMU gets on this host (vmm/jail.ts). */

@@ -26,6 +26,7 @@ export const REQUIREMENTS: Requirement[] = [
     provides: 'socat',
   },
   { pkg: 'iptables', why: 'NAT for per-sandbox network namespaces', provides: 'iptables' },
+  { pkg: 'nftables', why: 'egress policies in per-sandbox network namespaces', provides: 'nft' },
   {
     pkg: 'util-linux',
     why: 'punching zero pages out of memory files (fallocate --dig-holes)',

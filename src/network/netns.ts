@@ -53,11 +53,11 @@ export function allocIndex(used: Iterable<number>, heldOnHost = slotHeldOnHost):
   throw new ForkdError('out_of_space', 'all 16384 per-sandbox network slots are in use');
 }
 
-async function iptablesEnsure(args: string[], netns?: string): Promise<void> {
+async function iptablesEnsure(args: string[], netns?: string, first = false): Promise<void> {
   const pre = netns ? ['ip', 'netns', 'exec', netns, 'iptables'] : ['iptables'];
   const check = await run(pre[0]!, [...pre.slice(1), '-C', ...args]);
   if (check.code === 0) return;
-  await runOk(pre[0]!, [...pre.slice(1), '-A', ...args]);
+  await runOk(pre[0]!, [...pre.slice(1), first ? '-I' : '-A', ...args]);
 }
 
 let hostReady = false;
@@ -85,6 +85,25 @@ export async function ensureHostNat(): Promise<void> {
     'MASQUERADE',
   ]);
   await iptablesEnsure(['FORWARD', '-s', UPLINK_POOL, '-j', 'ACCEPT']);
+  // Sandboxes never open connections to the host itself (any of its addresses, through their gateway):
+  // host services bound to 0.0.0.0 are not for guests. First in INPUT, ahead of any host ACCEPT rule.
+  await iptablesEnsure(
+    [
+      'INPUT',
+      '-s',
+      UPLINK_POOL,
+      '-m',
+      'conntrack',
+      '--ctstate',
+      'NEW',
+      '-j',
+      'REJECT',
+      '--reject-with',
+      'icmp-admin-prohibited',
+    ],
+    undefined,
+    true,
+  );
   await iptablesEnsure([
     'FORWARD',
     '-d',

@@ -25,10 +25,30 @@ export interface ControllerOptions {
   fetch?: typeof fetch;
 }
 
+/** Where a sandbox may connect out to: IPv4 addresses/CIDRs with optional :PORT or :LOW-HIGH, or "all". */
+export interface NetworkPolicy {
+  /** always reachable (beats denyOut) */
+  allowOut?: string[];
+  denyOut?: string[];
+  /** false: nothing but allowOut is reachable; default true */
+  allowInternetAccess?: boolean;
+}
+
+function policyBody(p: NetworkPolicy): Record<string, unknown> {
+  return {
+    allow_out: p.allowOut ?? [],
+    deny_out: p.denyOut ?? [],
+    allow_internet_access: p.allowInternetAccess ?? true,
+  };
+}
+
 export interface SpawnOptions {
   snapshotTag: string;
   n?: number;
+  /** default: what the snapshot carries (a branch of a networked sandbox gets a namespace), else none */
   perChildNetns?: boolean;
+  /** egress policy (implies a network namespace); default: the snapshot's, as its source had it */
+  network?: NetworkPolicy;
   memoryLimitMib?: number;
   /** seconds until the controller kills the sandbox */
   timeout?: number;
@@ -215,7 +235,8 @@ export class Controller {
       body: {
         snapshot_tag: o.snapshotTag,
         n: o.n ?? 1,
-        per_child_netns: o.perChildNetns ?? false,
+        per_child_netns: o.perChildNetns,
+        network: o.network ? policyBody(o.network) : undefined,
         memory_limit_mib: o.memoryLimitMib,
         timeout: o.timeout,
         envs: o.envs,
@@ -231,6 +252,10 @@ export class Controller {
   }
   pingSandbox(id: string): Promise<Record<string, unknown>> {
     return this.json('POST', `/v1/sandboxes/${encodeURIComponent(id)}/ping`);
+  }
+  /** Replace a running sandbox's egress policy (atomically; fields left out take their defaults). */
+  updateNetwork(id: string, policy: NetworkPolicy): Promise<SandboxInfo> {
+    return this.json('PUT', `/v1/sandboxes/${encodeURIComponent(id)}/network`, { body: policyBody(policy) });
   }
   setSandboxTimeout(id: string, timeoutSecs: number | null): Promise<SandboxInfo> {
     return this.json('POST', `/v1/sandboxes/${encodeURIComponent(id)}/timeout`, {

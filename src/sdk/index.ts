@@ -6,6 +6,7 @@ export type {
   ExecOptions,
   BranchOptions,
   CreateSnapshotOptions,
+  NetworkPolicy,
 } from './controller.js';
 export { Sandbox } from './sandbox.js';
 export type { SandboxOpts, Execution, ExecutionError } from './sandbox.js';

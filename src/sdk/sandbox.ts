@@ -1,4 +1,4 @@
-import { Controller, type ControllerOptions } from './controller.js';
+import { Controller, type ControllerOptions, type NetworkPolicy } from './controller.js';
 import { Commands } from './commands.js';
 import { Filesystem } from './filesystem.js';
 import { SandboxError } from './errors.js';
@@ -13,6 +13,8 @@ export interface SandboxOpts extends ControllerOptions {
   envs?: Record<string, string>;
   metadata?: Record<string, string>;
   perChildNetns?: boolean;
+  /** egress policy (E2B: network {allowOut, denyOut} and allowInternetAccess); implies a network */
+  network?: NetworkPolicy;
   memoryLimitMib?: number;
 }
 
@@ -78,6 +80,7 @@ export class Sandbox {
       ...(opts.envs ? { envs: opts.envs } : {}),
       ...(opts.metadata ? { metadata: opts.metadata } : {}),
       ...(opts.perChildNetns ? { perChildNetns: true } : {}),
+      ...(opts.network ? { network: opts.network } : {}),
       ...(opts.memoryLimitMib ? { memoryLimitMib: opts.memoryLimitMib } : {}),
     });
     return res.map((r) =>
@@ -125,6 +128,11 @@ export class Sandbox {
   /** Snapshot this running sandbox into a new tag that children can be forked from. */
   branch(opts: { tag?: string; mode?: BranchMode; wait?: boolean } = {}): Promise<SnapshotInfo> {
     return this.controller.branchSandbox(this.sandboxId, opts);
+  }
+
+  /** Replace the sandbox's egress policy, atomically, while it runs. */
+  async updateNetwork(policy: NetworkPolicy): Promise<void> {
+    await this.controller.updateNetwork(this.sandboxId, policy);
   }
 
   async setTimeout(timeoutMs: number): Promise<void> {

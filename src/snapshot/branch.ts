@@ -33,6 +33,8 @@ export interface BranchSource {
   workDir: string;
   /** False when the source's RAM is a private mapping of a disk file (see CaptureSpec.background). */
   background?: boolean;
+  /** The source's network, inherited by the snapshot's children (SnapshotMeta.network). */
+  network?: SnapshotMeta['network'];
 }
 
 export interface BranchStarted {
@@ -196,6 +198,7 @@ export async function branchSandbox(
           : {}),
         total_ms: round(performance.now() - t0 + pauseMs),
       },
+      ...(src.network ? { network: src.network } : {}),
     };
     staged.commit(meta);
     fs.rmSync(src.workDir, { recursive: true, force: true });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { EgressPolicySchema } from '../network/egress-policy.js';
 
 /** snapshot.json: the on-disk description of one snapshot. Versioned; unknown versions are refused. */
 export const SNAPSHOT_FORMAT = 'forkd-snapshot';
@@ -92,6 +93,11 @@ export const SnapshotMeta = z.object({
     depth: z.number().int().nonnegative(),
   }),
   timings: z.record(z.string(), z.number()),
+  /**
+   * What its children get unless a spawn says otherwise: their own network namespace, and the egress
+   * policy of the sandbox it was branched from (so a fork of a restricted sandbox stays restricted).
+   */
+  network: z.object({ netns: z.boolean(), egress: EgressPolicySchema.nullable() }).optional(),
 });
 
 export type SnapshotMeta = z.infer<typeof SnapshotMeta>;

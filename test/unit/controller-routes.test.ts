@@ -295,6 +295,7 @@ describe('controller REST routes', () => {
       last_active_unix: 1,
       last_branch_memory_path: null,
       per_child_netns: true,
+      egress: null,
       memory_limit_mib: 256,
       envs: { A: 'b' },
       suspend_count: 1,

@@ -5,6 +5,7 @@ import { Controller } from '../../sdk/controller.js';
 import { ControllerError, TimeoutError } from '../../sdk/errors.js';
 import type { SandboxInfo } from '../../sdk/types.js';
 import { fail, intArg, out, printJson } from '../output.js';
+import { policyFromFlags, policyOptions, printPolicy, type PolicyFlags } from './network.js';
 
 /** Verbs that talk to the forkd-controller daemon over its REST API (through the SDK). */
 interface DaemonOpts {
@@ -84,34 +85,58 @@ function sandboxRows(list: SandboxInfo[]): string[][] {
     s.netns ?? '—',
     String(s.branch_count),
     s.guest_addr ?? '—',
+    s.network_summary,
   ]);
 }
 
 export function registerDaemon(program: Command): void {
   daemonOptions(
-    program
-      .command('spawn')
+    policyOptions(
+      program
+        .command('network <sandbox>')
+        .description(
+          "show a sandbox's egress policy; with flags, replace it (atomically, on the running sandbox)",
+        )
+        .option('--open', 'remove all restrictions (the host and other sandboxes stay unreachable)')
+        .option('--json', 'machine-readable output'),
+    ),
+  ).action(
+    act<DaemonOpts & PolicyFlags & { open?: boolean }>(async (o, c, id) => {
+      const policy = o.open ? {} : policyFromFlags(o);
+      const s = policy ? await c.updateNetwork(id!, policy) : await c.getSandbox(id!);
+      printPolicy(s, Boolean(o.json));
+    }),
+  );
+
+  daemonOptions(
+    policyOptions(program.command('spawn'))
       .description('start sandboxes from a snapshot through the daemon; they keep running until killed')
       .requiredOption('--tag <tag>', 'snapshot tag')
       .option('-n, --n <n>', 'how many', intArg('-n'), 1)
       .option('--per-child-netns', 'each sandbox in its own network namespace with NAT egress')
+      .option('--no-netns', "no network, even if the snapshot's source had one")
       .option('--memory-limit-mib <mib>', 'memory limit per sandbox (cgroup)', intArg('--memory-limit-mib'))
       .option('--timeout <secs>', 'kill each sandbox after this many seconds', intArg('--timeout'))
       .option('--json', 'machine-readable output'),
   ).action(
     act<
-      DaemonOpts & {
-        tag: string;
-        n: number;
-        perChildNetns?: boolean;
-        memoryLimitMib?: number;
-        timeout?: number;
-      }
+      DaemonOpts &
+        PolicyFlags & {
+          tag: string;
+          n: number;
+          perChildNetns?: boolean;
+          netns?: boolean;
+          memoryLimitMib?: number;
+          timeout?: number;
+        }
     >(async (o, c) => {
+      const network = policyFromFlags(o);
       const res = await c.spawnSandboxes({
         snapshotTag: o.tag,
         n: o.n,
-        perChildNetns: Boolean(o.perChildNetns),
+        // Unset: the snapshot decides (a branch of a networked sandbox keeps its network and policy).
+        ...(o.perChildNetns ? { perChildNetns: true } : o.netns === false ? { perChildNetns: false } : {}),
+        ...(network ? { network } : {}),
         ...(o.memoryLimitMib ? { memoryLimitMib: o.memoryLimitMib } : {}),
         ...(o.timeout ? { timeout: o.timeout } : {}),
       });
@@ -137,7 +162,12 @@ export function registerDaemon(program: Command): void {
       const list = await c.listSandboxes();
       if (o.json) return printJson(list);
       if (!list.length) return void process.stderr.write('no live sandboxes\n');
-      out(table(['ID', 'SNAPSHOT', 'STATUS', 'PID', 'NETNS', 'BRANCHES', 'GUEST_ADDR'], sandboxRows(list)));
+      out(
+        table(
+          ['ID', 'SNAPSHOT', 'STATUS', 'PID', 'NETNS', 'BRANCHES', 'GUEST_ADDR', 'EGRESS'],
+          sandboxRows(list),
+        ),
+      );
       out(`${list.length} sandbox(es)`);
     }),
   );
@@ -298,7 +328,12 @@ export function registerDaemon(program: Command): void {
         );
         const fan = await time(
           `fanout (n=${o.n})`,
-          () => c.spawnSandboxes({ snapshotTag: branchTag, n: o.n, perChildNetns: Boolean(o.perChildNetns) }),
+          () =>
+            c.spawnSandboxes({
+              snapshotTag: branchTag,
+              n: o.n,
+              ...(o.perChildNetns ? { perChildNetns: true } : {}),
+            }),
           (r) =>
             `ok=${r.filter((x) => x.ok).length} ready p50=${median(r.filter((x) => x.ok).map((x) => x.timings!.ready_ms))} ms`,
         );

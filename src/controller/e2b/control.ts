@@ -7,6 +7,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { ForkdError } from '../../util/errors.js';
 import { snapshotExists } from '../../snapshot/store.js';
+import { normalizePolicy, OPEN_POLICY, type EgressPolicy } from '../../network/egress-policy.js';
 import type { Controller } from '../controller.js';
 import type { SandboxRecord } from '../state.js';
 import type { LiveSandbox } from '../sandboxes.js';
@@ -23,13 +24,43 @@ const TimeoutS = z
   .min(0)
   .max(30 * 86400);
 
-// Loose: the SDKs send fields forkd has no use for (mcp, network, volumeMounts, secure...).
+/** E2B's egress fields: `network` on create, and the body of PUT /sandboxes/{id}/network. */
+const E2bNetwork = z.looseObject({
+  allowOut: z.array(z.string().max(64)).max(256).optional(),
+  denyOut: z.array(z.string().max(64)).max(256).optional(),
+  rules: z.unknown().optional(),
+  egressProxy: z.unknown().optional(),
+});
+const NetworkBody = E2bNetwork.extend({ allow_internet_access: z.boolean().optional() });
+
+/** The forkd policy an E2B request asks for; undefined when it asks for none. */
+function e2bPolicy(
+  network: z.infer<typeof E2bNetwork> | undefined,
+  allowInternet: boolean | undefined,
+): EgressPolicy | undefined {
+  if (network?.rules !== undefined || network?.egressProxy != null)
+    throw new ForkdError(
+      'bad_input',
+      'network rules (header transforms) and egressProxy are not supported by forkd',
+      'use allowOut / denyOut (IPv4 addresses and CIDRs) and allowInternetAccess',
+    );
+  if (!network?.allowOut && !network?.denyOut && allowInternet === undefined) return undefined;
+  return normalizePolicy({
+    allow_out: network?.allowOut ?? [],
+    deny_out: network?.denyOut ?? [],
+    allow_internet_access: allowInternet ?? true,
+  });
+}
+
+// Loose: the SDKs send fields forkd has no use for (mcp, volumeMounts, secure...).
 const CreateBody = z.looseObject({
   templateID: z.string().min(1).max(256),
   timeout: TimeoutS.optional(),
   metadata: StrMap.optional(),
   envVars: StrMap.optional(),
   autoPause: z.boolean().optional(),
+  allow_internet_access: z.boolean().optional(),
+  network: E2bNetwork.optional(),
 });
 const MetricsQuery = z.looseObject({
   start: z.coerce.number().int().nonnegative().optional(),
@@ -69,10 +100,12 @@ export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginA
   return async (app) => {
     const create = async (b: z.infer<typeof CreateBody>) => {
       const tag = resolveTemplate(b.templateID);
+      const egress = e2bPolicy(b.network, b.allow_internet_access);
       const [item] = await ctl.spawn({
         snapshot_tag: tag,
         n: 1,
-        per_child_netns: false,
+        // Without network options: what the template carries (a snapshot of a networked sandbox).
+        ...(egress ? { egress } : {}),
         memory_limit_mib: null,
         timeout_secs: b.timeout || DEFAULT_TIMEOUT_S,
         envs: b.envVars ?? {},
@@ -109,6 +142,17 @@ export function controlRoutes(ctl: Controller, opts: E2bOptions): FastifyPluginA
         if (!(await ctl.sandboxes.resume(req.params.id, req.body.timeout || DEFAULT_TIMEOUT_S)))
           throw new ForkdError('conflict', `sandbox ${req.params.id} is not paused`);
         return reply.status(201).send(sandboxJson(ctl, l.rec));
+      },
+    );
+
+    app.put(
+      '/sandboxes/:id/network',
+      { schema: { hide: true, params: Id, body: NetworkBody } },
+      async (req, reply) => {
+        live(req.params.id);
+        const p = e2bPolicy(req.body, req.body.allow_internet_access) ?? OPEN_POLICY;
+        await ctl.setSandboxNetwork(req.params.id, p, req.ip);
+        return reply.status(204).send();
       },
     );
 

@@ -72,6 +72,12 @@ export function sandboxDetailJson(ctl: Controller, rec: SandboxRecord, state: 'r
     ...machineOfTag(rec.snapshot_tag),
     metadata: rec.metadata,
     volumeMounts: [],
+    ...(rec.egress
+      ? {
+          allowInternetAccess: rec.egress.allow_internet_access,
+          network: { allowOut: rec.egress.allow_out, denyOut: rec.egress.deny_out },
+        }
+      : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { EgressPolicySchema } from '../../network/egress-policy.js';
 import { ForkdError } from '../../util/errors.js';
 import type { ExecEvent, ExecRequest } from '../../protocol/agent-api.js';
 import { emptyExecResult } from '../../protocol/agent-api.js';
@@ -21,7 +22,10 @@ const SpawnBody = z
   .object({
     snapshot_tag: Tag,
     n: z.number().int().min(1).max(1000).default(1),
-    per_child_netns: z.boolean().default(false),
+    /** default: what the snapshot carries (a branch of a networked sandbox: a namespace), else none */
+    per_child_netns: z.boolean().optional(),
+    /** egress policy; default: the snapshot's (a fork keeps its source's), else open */
+    network: EgressPolicySchema.optional(),
     memory_limit_mib: MemoryLimitMib,
     /** seconds until the sandbox is killed (E2B: timeoutMs) */
     timeout: Timeout.nullable().optional(),
@@ -87,6 +91,7 @@ export const sandboxRoutes =
         snapshot_tag: b.snapshot_tag,
         n: b.n,
         per_child_netns: b.per_child_netns,
+        egress: b.network,
         memory_limit_mib: b.memory_limit_mib ?? null,
         timeout_secs: b.timeout ?? null,
         envs: b.envs,
@@ -104,6 +109,13 @@ export const sandboxRoutes =
 
     app.get('/v1/sandboxes/:id', { schema: { tags: ['sandboxes'], params: IdParams } }, async (req) =>
       ctl.getSandbox(req.params.id),
+    );
+
+    // Replaces the whole policy (fields left out take their defaults), atomically.
+    app.put(
+      '/v1/sandboxes/:id/network',
+      { schema: { tags: ['sandboxes'], params: IdParams, body: EgressPolicySchema } },
+      async (req) => ctl.setSandboxNetwork(req.params.id, req.body, req.ip),
     );
 
     app.delete(

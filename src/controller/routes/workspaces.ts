@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { EgressPolicySchema } from '../../network/egress-policy.js';
 import type { Controller } from '../controller.js';
 import { MemoryLimitMib, Tag } from './snapshots.js';
 
@@ -20,6 +21,7 @@ export const workspaceRoutes =
               name: Tag,
               snapshot_tag: Tag,
               per_child_netns: z.boolean().default(false),
+              network: EgressPolicySchema.optional(),
               memory_limit_mib: MemoryLimitMib,
               envs: z.record(z.string(), z.string()).default({}),
             })
@@ -32,6 +34,7 @@ export const workspaceRoutes =
             name: req.body.name,
             snapshot_tag: req.body.snapshot_tag,
             per_child_netns: req.body.per_child_netns,
+            egress: req.body.network,
             memory_limit_mib: req.body.memory_limit_mib ?? null,
             envs: req.body.envs,
           }),

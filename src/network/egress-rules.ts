@@ -1,0 +1,114 @@
+import { run, runOk } from '../util/proc.js';
+import { ForkdError } from '../util/errors.js';
+import { commandExists } from '../util/proc.js';
+import { checkIfName } from './tap.js';
+import { UPLINK_POOL } from './netns.js';
+import { parseEntry, type EgressPolicy, type EgressRule } from './egress-policy.js';
+
+/**
+ * The host side of an egress policy: one nftables table in the sandbox's own network namespace, on
+ * the forward path of packets that come in from the guest's tap. The guest cannot reach it (it lives
+ * outside the VM), so a root process in the guest flushing its own firewall changes nothing. Packets
+ * are judged statelessly by destination, so a policy replaced on a running sandbox also cuts
+ * connections it no longer allows; replies to allowed connections pass because they leave by the tap.
+ */
+export const EGRESS_TABLE = 'forkd_egress';
+
+/** Refused whatever the policy: the host's end of every sandbox /30 and other sandboxes' uplinks. */
+const ALWAYS_REFUSED = [UPLINK_POOL, '127.0.0.0/8', '0.0.0.0/8', '224.0.0.0/4', '255.255.255.255/32'];
+
+export function nftAvailable(): boolean {
+  return commandExists('nft');
+}
+
+function setElements(rules: EgressRule[], withPorts: boolean): string[] {
+  return rules
+    .filter((r) => (r.ports !== null) === withPorts)
+    .map((r) => (withPorts ? `${r.cidr} . ${r.ports![0]}-${r.ports![1]}` : r.cidr));
+}
+
+function setDecl(name: string, elements: string[], withPorts: boolean): string {
+  const type = withPorts ? 'ipv4_addr . inet_service' : 'ipv4_addr';
+  const els = elements.length ? ` elements = { ${elements.join(', ')} }` : '';
+  return `  set ${name} { type ${type}; flags interval;${els} }`;
+}
+
+/**
+ * The whole table as one nft script. Applied with `nft -f`, it is one transaction: the old table is
+ * deleted and the new one made atomically, so a packet never sees a half-replaced policy.
+ */
+export function renderEgressRules(tap: string, policy: EgressPolicy): string {
+  checkIfName(tap);
+  const allow = policy.allow_out.map((e) => parseEntry(e, 'allow_out'));
+  const deny = policy.deny_out.map((e) => parseEntry(e, 'deny_out'));
+  const fromGuest = `iifname "${tap}"`;
+  const lines = [
+    `add table inet ${EGRESS_TABLE}`,
+    `delete table inet ${EGRESS_TABLE}`,
+    `table inet ${EGRESS_TABLE} {`,
+    '  counter refused { }',
+    setDecl('allow', setElements(allow, false), false),
+    setDecl('allow_ports', setElements(allow, true), true),
+    setDecl('deny', setElements(deny, false), false),
+    setDecl('deny_ports', setElements(deny, true), true),
+    '  chain refuse {',
+    '    counter name "refused"',
+    '    meta l4proto tcp reject with tcp reset',
+    '    reject with icmpx type admin-prohibited',
+    '  }',
+    '  chain forward {',
+    '    type filter hook forward priority filter; policy accept;',
+    `    ${fromGuest} meta nfproto ipv6 jump refuse`,
+    `    ${fromGuest} ip daddr { ${ALWAYS_REFUSED.join(', ')} } jump refuse`,
+    `    ${fromGuest} ip daddr @allow accept`,
+    `    ${fromGuest} meta l4proto { tcp, udp } ip daddr . th dport @allow_ports accept`,
+    `    ${fromGuest} ip daddr @deny jump refuse`,
+    `    ${fromGuest} meta l4proto { tcp, udp } ip daddr . th dport @deny_ports jump refuse`,
+    ...(policy.allow_internet_access ? [] : [`    ${fromGuest} jump refuse`]),
+    '  }',
+    // The namespace itself serves the guest nothing (its gateway address has no listeners).
+    '  chain input {',
+    '    type filter hook input priority filter; policy accept;',
+    `    ${fromGuest} ct state established,related accept`,
+    `    ${fromGuest} meta l4proto icmp accept`,
+    `    ${fromGuest} jump refuse`,
+    '  }',
+    '}',
+  ];
+  return lines.join('\n') + '\n';
+}
+
+/** Install or atomically replace the sandbox's policy in its namespace. */
+export async function applyEgress(netns: string, tap: string, policy: EgressPolicy): Promise<void> {
+  if (!nftAvailable())
+    throw new ForkdError(
+      'host_unsupported',
+      'nft (nftables) is not installed; per-sandbox egress policies need it',
+      'run: forkd setup --yes (or apt-get install nftables)',
+    );
+  await runOk('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], { input: renderEgressRules(tap, policy) });
+}
+
+/** Packets refused in the namespace since its policy was installed; undefined if it cannot be read. */
+export async function refusedPackets(netns: string): Promise<number | undefined> {
+  const r = await run('ip', [
+    'netns',
+    'exec',
+    netns,
+    'nft',
+    '-j',
+    'list',
+    'counter',
+    'inet',
+    EGRESS_TABLE,
+    'refused',
+  ]);
+  if (r.code !== 0) return undefined;
+  try {
+    const doc = JSON.parse(r.stdout) as { nftables?: Array<{ counter?: { packets?: number } }> };
+    const c = doc.nftables?.find((x) => x.counter)?.counter;
+    return typeof c?.packets === 'number' ? c.packets : undefined;
+  } catch {
+    return undefined;
+  }
+}

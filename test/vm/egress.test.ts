@@ -1,0 +1,245 @@
+/**
+ * Egress policies on real VMs, through the daemon: a test "internet" namespace holds two servers
+ * (A = 10.250.8.2, B = 10.250.9.2; TCP 80 and 5432), and every check is a real connect from inside a
+ * guest. Covers CIDR/port allow and deny, deny-all, the host never reachable, a policy replaced on a
+ * running sandbox (audited, refusals counted), a root guest trying to get around it, inheritance by
+ * the children of a branch, 20 restricted children at once, and nothing left after they are killed.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { execOk, freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { createSnapshot } from '../../src/snapshot/create.js';
+import { stderrReporter } from '../../src/util/report.js';
+import { Controller, type NetworkPolicy } from '../../src/sdk/index.js';
+import type { SandboxInfo, SpawnResult } from '../../src/sdk/types.js';
+
+const TAG = 'egress';
+const A = '10.250.8.2';
+const B = '10.250.9.2';
+const HOST_ON_TEST_NET = '10.250.8.1';
+
+let dirs: ReturnType<typeof isolatedDirs>;
+let shm: string;
+let daemon: Daemon;
+let c: Controller;
+let internet: string;
+let hostIf: string;
+let servers: ChildProcess | undefined;
+let hostService: net.Server;
+let hostPort: number;
+
+const ip = (...a: string[]) => execFileSync('ip', a, { stdio: 'pipe' });
+
+/** A TCP connect from inside the guest: 'ok' (the server answered), 'refused' or 'timeout'. */
+async function reach(id: string, addr: string, port: number): Promise<string> {
+  const script = [
+    'import socket, sys',
+    's = socket.socket()',
+    's.settimeout(5)',
+    'try:',
+    `    s.connect(("${addr}", ${port})); print(s.recv(16).decode() or "closed")`,
+    'except socket.timeout: print("timeout")',
+    'except OSError as e: print("refused", e.errno)',
+  ].join('\n');
+  const out = await execOk(c, id, `python3 -c '${script}'`);
+  return out.trim().split(' ')[0]!;
+}
+
+async function spawnOk(opts: {
+  n?: number;
+  network?: NetworkPolicy;
+  snapshotTag?: string;
+  perChildNetns?: boolean;
+}) {
+  const res = await c.spawnSandboxes({ snapshotTag: opts.snapshotTag ?? TAG, ...opts });
+  for (const r of res) assert.ok(r.ok, `spawn failed: ${r.error}`);
+  return res as Array<SpawnResult & { id: string }>;
+}
+
+/** Host-side leftovers of sandbox networking: namespaces and host veths of ours. */
+function netLeftovers(): { netns: string[]; veths: string[] } {
+  const netns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => l.split(' ')[0]!)
+    .filter((n) => n.startsWith('forkd-'));
+  const veths = fs.readdirSync('/sys/class/net').filter((n) => n.startsWith('fkh'));
+  return { netns, veths };
+}
+
+describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
+  before(async () => {
+    dirs = isolatedDirs('egress');
+    shm = fs.mkdtempSync('/dev/shm/forkd-test-');
+    process.env.FORKD_SHM_DIR = shm;
+    await createSnapshot(
+      { tag: TAG, recipe: 'python-numpy', net: true, warmupEval: 'import socket' },
+      stderrReporter(),
+    );
+    // The test's "internet": one namespace behind a veth, with both servers.
+    internet = `fkti-${randomBytes(3).toString('hex')}`;
+    hostIf = `fkti${randomBytes(2).toString('hex')}`;
+    ip('netns', 'add', internet);
+    ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', internet);
+    ip('addr', 'add', `${HOST_ON_TEST_NET}/24`, 'dev', hostIf);
+    ip('addr', 'add', '10.250.9.1/24', 'dev', hostIf);
+    ip('link', 'set', hostIf, 'up');
+    ip('-n', internet, 'addr', 'add', `${A}/24`, 'dev', 'eth0');
+    ip('-n', internet, 'addr', 'add', `${B}/24`, 'dev', 'eth0');
+    ip('-n', internet, 'link', 'set', 'eth0', 'up');
+    ip('-n', internet, 'link', 'set', 'lo', 'up');
+    ip('-n', internet, 'route', 'add', 'default', 'via', HOST_ON_TEST_NET);
+    const js =
+      "const n=require('net');for(const p of [80,5432])n.createServer(c=>c.end('ok'+p)).listen(p,'0.0.0.0')";
+    servers = spawn('ip', ['netns', 'exec', internet, process.execPath, '-e', js], { stdio: 'ignore' });
+    // A service on the host on all addresses: no sandbox may reach it.
+    hostService = net.createServer((s) => s.end('host'));
+    await new Promise<void>((r) => hostService.listen(0, '0.0.0.0', r));
+    hostPort = (hostService.address() as net.AddressInfo).port;
+    const port = await freePort();
+    daemon = await startDaemon({ port, stateDir: path.join(dirs.data, 'ctl') });
+    c = new Controller({ baseUrl: daemon.url });
+  });
+
+  after(async () => {
+    if (daemon) {
+      for (const s of await c.listSandboxes().catch(() => [])) await c.killSandbox(s.id).catch(() => {});
+      await daemon.stop();
+    }
+    for (const pid of qemuProcessesUnder(dirs.run)) process.kill(pid, 'SIGKILL');
+    servers?.kill();
+    hostService?.close();
+    if (internet) execFileSync('ip', ['netns', 'del', internet], { stdio: 'ignore' });
+    fs.rmSync(shm, { recursive: true, force: true });
+    dirs.cleanup();
+  });
+
+  it('open by default: both servers reachable; the host never is', async () => {
+    const [s] = await spawnOk({ perChildNetns: true });
+    assert.equal(s!.network_summary, 'open');
+    assert.equal(await reach(s!.id, A, 80), 'ok80');
+    assert.equal(await reach(s!.id, B, 5432), 'ok5432');
+    assert.equal(await reach(s!.id, uplinkGateway(s!), hostPort), 'refused', 'its uplink gateway (the host)');
+    assert.equal(await reach(s!.id, HOST_ON_TEST_NET, hostPort), 'refused', 'any host address');
+    await c.killSandbox(s!.id);
+  });
+
+  it('CIDR and port rules, deny-all; replaced live, audited and counted; a root guest gains nothing', async () => {
+    const [s] = await spawnOk({ network: { allowOut: [`${A}:80`], allowInternetAccess: false } });
+    const id = s!.id;
+    assert.ok(s!.netns, 'a policy gives the sandbox its own namespace');
+    assert.equal(s!.network_summary, `deny all; allow ${A}:80`);
+    assert.equal(await reach(id, A, 80), 'ok80');
+    assert.equal(await reach(id, A, 5432), 'refused', 'only the allowed port');
+    assert.equal(await reach(id, B, 80), 'refused', 'deny all');
+
+    // Root in the guest: flush whatever firewall it has, add an address and use it as the source.
+    await execOk(c, id, 'iptables -F 2>/dev/null; nft flush ruleset 2>/dev/null; true');
+    await execOk(c, id, 'ip addr add 10.42.0.77/24 dev $(ip -o -4 addr show | awk \'/10\\.42\\.0\\.2\\//{print $2}\')');
+    assert.equal(await reach(id, B, 80), 'refused', 'the policy is outside the guest');
+    const spoofed = await execOk(
+      c,
+      id,
+      `python3 -c 'import socket; s=socket.socket(); s.settimeout(5); s.bind(("10.42.0.77",0))\ntry: s.connect(("${B}",80)); print("ok")\nexcept OSError as e: print("refused" if e.errno != 99 else "no-such-address")'`,
+    );
+    assert.equal(spoofed.trim(), 'refused', 'another source address changes nothing');
+
+    // Replaced live: the CIDR deny, A allowed by address (allow beats deny).
+    const info = await c.updateNetwork(id, { denyOut: ['10.250.0.0/16'], allowOut: [B] });
+    assert.equal(info.network_summary, `deny 10.250.0.0/16; allow ${B}`);
+    assert.equal(await reach(id, B, 5432), 'ok5432');
+    assert.equal(await reach(id, A, 80), 'refused');
+    const bad = await fetch(`${daemon.url}/v1/sandboxes/${id}/network`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ allow_out: ['pypi.org'] }),
+    });
+    assert.equal(bad.status, 400);
+    assert.match(((await bad.json()) as { error: string }).error, /domain names are not enforced yet/);
+    assert.equal(
+      (await c.getSandbox(id)).network_summary,
+      info.network_summary,
+      'a refused change changes nothing',
+    );
+
+    const metrics = await c.metrics();
+    const m = new RegExp(`forkd_egress_refused_packets_total\\{sandbox="${id}"\\} (\\d+)`).exec(metrics);
+    assert.ok(m && Number(m[1]) >= 5, `refusals are counted across replacements (${m?.[1]})`);
+    const audit = fs.readFileSync(path.join(dirs.data, 'ctl', 'audit.log'), 'utf8');
+    const ev = audit
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { event?: string; sandbox?: string; after?: { allow_out: string[] } })
+      .filter((e) => e.event === 'egress_policy_set' && e.sandbox === id);
+    assert.equal(ev.length, 1, 'the change (and only the accepted one) is in the audit log');
+    assert.deepEqual(ev[0]!.after!.allow_out, [B]);
+    await c.killSandbox(id);
+  });
+
+  it('the children of a branch keep its policy unless the spawn gives another', async () => {
+    const [s] = await spawnOk({ network: { allowOut: [A], allowInternetAccess: false } });
+    const snap = await c.branchSandbox(s!.id, { tag: 'egress-branch', mode: 'live' });
+    assert.equal(snap.status, 'ready');
+    const kids = await spawnOk({ snapshotTag: 'egress-branch', n: 2 });
+    for (const k of kids) {
+      assert.ok(k.netns, 'a child of a networked sandbox gets its own namespace on demand');
+      assert.equal(k.network_summary, `deny all; allow ${A}`);
+      assert.equal(await reach(k.id, A, 80), 'ok80');
+      assert.equal(await reach(k.id, B, 80), 'refused');
+    }
+    const [open] = await spawnOk({ snapshotTag: 'egress-branch', network: {} });
+    assert.equal(open!.network_summary, 'open');
+    assert.equal(await reach(open!.id, B, 80), 'ok80', 'the spawn request overrides');
+    const [none] = await spawnOk({ snapshotTag: 'egress-branch', perChildNetns: false });
+    assert.equal(none!.netns, null);
+    assert.equal(none!.network_summary, 'no network');
+    for (const x of [s!, ...kids, open!, none!]) await c.killSandbox(x.id);
+    await c.deleteSnapshot('egress-branch');
+  });
+
+  it('20 children with a policy at once, then nothing left after kill', async () => {
+    const before = netLeftovers();
+    const kids = await spawnOk({ n: 20, network: { denyOut: [`${B}`] } });
+    assert.equal(new Set(kids.map((k) => k.netns)).size, 20);
+    const results = await Promise.all(
+      kids.map(async (k) => [await reach(k.id, A, 80), await reach(k.id, B, 80)].join(' ')),
+    );
+    assert.deepEqual(results, new Array(20).fill('ok80 refused'));
+    await Promise.all(kids.map((k) => c.killSandbox(k.id)));
+    assert.deepEqual(netLeftovers(), before, 'namespaces and veths are removed with their sandboxes');
+  });
+
+  it('CLI: spawn --allow-out/--deny-all, network shows and replaces, ls shows the policy', async () => {
+    const env = { FORKD_URL: daemon.url };
+    const sp = await cli(
+      ['spawn', '--tag', TAG, '--deny-all', '--allow-out', `${A}:80,${B}:5432`, '--json'],
+      { env },
+    );
+    assert.equal(sp.code, 0, sp.stderr);
+    const [s] = JSON.parse(sp.stdout) as SandboxInfo[];
+    const shown = await cli(['network', s!.id, '--json'], { env });
+    assert.deepEqual(JSON.parse(shown.stdout).network.allow_out, [`${A}:80`, `${B}:5432`]);
+    const ls = await cli(['ls'], { env });
+    assert.match(ls.stdout, /EGRESS/);
+    assert.ok(ls.stdout.includes(`deny all; allow ${A}:80,${B}:5432`), ls.stdout);
+    const open = await cli(['network', s!.id, '--open'], { env });
+    assert.equal(open.code, 0, open.stderr);
+    assert.match(open.stdout, /: open/);
+    assert.equal(await reach(s!.id, B, 80), 'ok80');
+    const bad = await cli(['network', s!.id, '--allow-out', '10.0.0.1/8'], { env });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /host bits are set \(did you mean 10\.0\.0\.0\/8\?\)/);
+    await c.killSandbox(s!.id);
+  });
+});
+
+/** The host's end of the sandbox's uplink: its namespace's default gateway. */
+function uplinkGateway(s: SpawnResult): string {
+  const out = execFileSync('ip', ['-n', s.netns!, 'route', 'show', 'default'], { encoding: 'utf8' });
+  return /via (10\.201\.\d+\.\d+)/.exec(out)![1]!;
+}
