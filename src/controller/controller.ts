@@ -19,6 +19,8 @@ export interface ControllerOptions {
   branchConcurrency: number;
   poolSize: number;
   poolMaxTotal: number;
+  /** Servers the sandbox resolvers ask (host[:port]); default: the host's own. */
+  dnsUpstream?: string[] | undefined;
   log: (msg: string) => void;
 }
 
@@ -92,10 +94,13 @@ export class Controller {
       { perTag: opts.poolSize, maxTotal: opts.poolMaxTotal, log: opts.log },
       async (tag) => this.sandboxes.resolveSnapshot(tag),
     );
-    this.sandboxes = new SandboxManager(this.state, this.pool, {
-      log: opts.log,
-      onExit: (id) => this.onSandboxGone(id),
-    });
+    this.sandboxes = new SandboxManager(
+      this.state,
+      this.pool,
+      { log: opts.log, onExit: (id) => this.onSandboxGone(id) },
+      undefined,
+      opts.dnsUpstream,
+    );
     this.metrics = new Metrics({
       snapshots: () => listSnapshots().length,
       sandboxes: () => this.sandboxes.live.size,
@@ -147,6 +152,7 @@ export class Controller {
     clearInterval(this.reaper);
     await this.pool.close();
     this.sandboxes.releaseAll();
+    this.sandboxes.dns.closeAll();
   }
 
   private onSandboxGone(id: string): void {

@@ -70,6 +70,11 @@ program
   )
   .option('--run-dir <dir>', 'sandbox work dirs (env FORKD_RUN_DIR)', env('FORKD_RUN_DIR'))
   .option(
+    '--dns-upstream <servers>',
+    "where sandbox resolvers look names up, comma-separated host[:port] (env FORKD_DNS_UPSTREAM; default: the host's /etc/resolv.conf)",
+    env('FORKD_DNS_UPSTREAM'),
+  )
+  .option(
     '--e2b-template <name=tag...>',
     'serve snapshot TAG as E2B template NAME, e.g. base=quickstart (every tag is a template under its own name too; env FORKD_E2B_TEMPLATES, comma-separated)',
   )
@@ -109,6 +114,7 @@ program
       branchConcurrency,
       poolSize: positiveInt('--pool-size', o.poolSize!),
       poolMaxTotal: positiveInt('--pool-max', o.poolMax!),
+      dnsUpstream: parseDnsUpstream(o.dnsUpstream),
       log: (m) => logTo.fn?.(m),
     });
     const app = await buildServer(ctl, {
@@ -169,4 +175,21 @@ function parseTemplates(pairs: string[]): Map<string, string> {
     out.set(m[1]!, m[2]!);
   }
   return out;
+}
+
+/** `--dns-upstream`: IPv4 servers, each with an optional port. */
+function parseDnsUpstream(v: string | undefined): string[] | undefined {
+  if (!v) return undefined;
+  const servers = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const s of servers)
+    if (!/^\d{1,3}(\.\d{1,3}){3}(:\d{1,5})?$/.test(s))
+      throw new ForkdError(
+        'bad_input',
+        `--dns-upstream: '${s}' is not an IPv4 address with an optional :port`,
+        'e.g. --dns-upstream 192.0.2.53,192.0.2.54:5353',
+      );
+  return servers;
 }

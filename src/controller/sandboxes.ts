@@ -7,7 +7,8 @@ import { vmDir } from '../vmm/jail.js';
 import type { AgentClient } from '../agent-client/client.js';
 import type { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
-import { allocIndex } from '../network/netns.js';
+import { allocIndex, netFor, type ChildNet } from '../network/netns.js';
+import { SandboxDns } from '../network/dns.js';
 import { applyEgress, refusedPackets } from '../network/egress-rules.js';
 import { normalizePolicy, OPEN_POLICY, type EgressPolicy } from '../network/egress-policy.js';
 import type { SnapshotMeta } from '../snapshot/metadata.js';
@@ -79,6 +80,11 @@ export interface ManagerEvents {
 
 const nowUnix = () => Math.floor(Date.now() / 1000);
 
+/** The sandbox's uplink (addresses of its /30), when it has a namespace. */
+function uplinkOf(rec: SandboxRecord): ChildNet | undefined {
+  return rec.netns && rec.net_index !== null ? netFor(rec.id, rec.net_index) : undefined;
+}
+
 /**
  * A spawn's network: the request's choices over what the snapshot carries. A policy implies a
  * namespace (it is enforced there); a snapshot's policy is validated again (packs are untrusted).
@@ -113,12 +119,34 @@ export class SandboxManager {
   /** Sandboxes that died on their own (OOM, crash): kept briefly so clients see why. */
   readonly exited = new Map<string, LiveSandbox>();
 
+  /** Each networked sandbox's resolver (it enforces the domain entries of its policy). */
+  readonly dns: SandboxDns;
+
   constructor(
     private readonly state: StateStore,
     private readonly pool: WarmPool,
     private readonly ev: ManagerEvents,
     private readonly engine: SandboxEngine = childEngine,
-  ) {}
+    dnsUpstream?: string[],
+  ) {
+    this.dns = new SandboxDns({
+      view: (id) => {
+        const rec = this.live.get(id)?.rec;
+        return rec?.netns ? { policy: rec.egress ?? OPEN_POLICY, netns: rec.netns } : undefined;
+      },
+      log: ev.log,
+      upstream: dnsUpstream,
+    });
+  }
+
+  /** Start the sandbox's resolver; a sandbox without one still runs (its DNS goes unanswered). */
+  private async openDns(rec: SandboxRecord): Promise<void> {
+    const up = uplinkOf(rec);
+    if (!up) return;
+    await this.dns.open(rec.id, up.hostAddr).catch((e: unknown) => {
+      this.ev.log(`sandbox ${rec.id}: no resolver on ${up.hostAddr}:53: ${errorMessage(e)}`);
+    });
+  }
 
   /** The snapshot to spawn from, checked and with its memory image resolved (assembled for chains). */
   resolveSnapshot(tag: string): Promise<ChildSource> {
@@ -180,6 +208,7 @@ export class SandboxManager {
       };
       const live: LiveSandbox = { rec, vm, guest: child.guest!, busy: null };
       this.live.set(res.id, live);
+      await this.openDns(rec);
       this.watchExit(live);
       this.state.sandboxes.set(res.id, rec);
       this.state.save();
@@ -206,6 +235,7 @@ export class SandboxManager {
       const reason = live.rec.cgroup && oomKilled(live.rec.cgroup) ? 'oom-killed (memory limit)' : 'exited';
       this.ev.log(`sandbox ${live.rec.id} ${reason}`);
       live.guest.close();
+      this.dns.forget(live.rec.id);
       live.exited = { reason, at_unix: nowUnix() };
       this.live.delete(live.rec.id);
       this.exited.set(live.rec.id, live);
@@ -261,7 +291,7 @@ export class SandboxManager {
       );
     const p = normalizePolicy(policy);
     const before = await refusedPackets(netns);
-    await applyEgress(netns, tap, p);
+    await applyEgress(netns, tap, p, { dnsServer: uplinkOf(l.rec)?.hostAddr });
     if (before) this.refusedBefore.set(id, (this.refusedBefore.get(id) ?? 0) + before);
     l.rec.egress = p;
     this.state.save();
@@ -291,6 +321,7 @@ export class SandboxManager {
       throw new ForkdError('conflict', `sandbox ${id} is busy (${l.busy}); try again when it finishes`);
     this.live.delete(id);
     this.refusedBefore.delete(id);
+    this.dns.forget(id);
     l.guest.close();
     await l.vm.destroy();
     await this.release(l.rec);
@@ -325,6 +356,7 @@ export class SandboxManager {
           const live: LiveSandbox = { rec, vm: child.vm, guest: child.guest!, busy: null };
           this.live.set(rec.id, live);
           this.watchExit(live);
+          await this.openDns(rec);
           adopted.push(rec.id);
           continue;
         } catch (e) {

@@ -328,7 +328,7 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
       writeRecord(res);
       await setupChildNet(net, res.tap, (await jailEnabled()) ? vm.pid : undefined);
       // Before the guest runs: no packet leaves the namespace unjudged.
-      await applyEgress(net.netns, res.tap, opts.egress ?? OPEN_POLICY);
+      await applyEgress(net.netns, res.tap, opts.egress ?? OPEN_POLICY, { dnsServer: net.hostAddr });
     }
     if (p.source.machine.firmware) return await startFirmwareChild(p, opts, t0);
     const { timings } = await vmm.completeRestore(pending);

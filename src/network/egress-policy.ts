@@ -5,11 +5,15 @@ import { ForkdError } from '../util/errors.js';
 /**
  * Where a sandbox may connect out to. Entries are IPv4 addresses or CIDRs, each optionally with a port
  * or port range (`10.0.0.0/8:5432`, `1.2.3.4:8000-8100`; a port entry covers TCP and UDP), or `all`
- * (= 0.0.0.0/0). Decision for a packet from the guest, first match wins:
- *   1. its destination matches `allow_out`: accepted (allowed entries beat denied ones, as in E2B);
+ * (= 0.0.0.0/0); `allow_out` may also name domains (`pypi.org`, or `*.pythonhosted.org` for its
+ * subdomains). Decision for a packet from the guest, first match wins:
+ *   1. its destination matches `allow_out`, or is an address the sandbox's resolver returned for an
+ *      allowed domain: accepted (allowed entries beat denied ones, as in E2B);
  *   2. it matches `deny_out`: refused;
  *   3. otherwise accepted, unless `allow_internet_access` is false.
- * The host itself and other sandboxes are never reachable, whatever the policy says.
+ * The host itself and other sandboxes are never reachable, whatever the policy says. The resolver
+ * (network/dns.ts) answers every name while the policy lets the internet out, and only allowed domains
+ * once it denies all.
  */
 export interface EgressPolicy {
   allow_out: string[];
@@ -37,7 +41,46 @@ export const EgressPolicySchema = z
   })
   .strict();
 
-/** Parse one entry; a ForkdError names what is wrong with it and what is accepted. */
+/** A domain entry of `allow_out`: the name, and whether it stands for its subdomains (`*.name`). */
+export interface DomainRule {
+  name: string;
+  wildcard: boolean;
+}
+
+const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
+
+/** A domain entry (`example.com`, `*.example.com`), or undefined when `s` is not shaped like one. */
+export function parseDomain(raw: string): DomainRule | undefined {
+  let s = raw.trim().toLowerCase().replace(/\.$/, '');
+  const wildcard = s.startsWith('*.');
+  if (wildcard) s = s.slice(2);
+  const labels = s.split('.');
+  if (s.length > 253 || labels.length < 2 || !labels.every((l) => LABEL.test(l))) return undefined;
+  if (/^\d+$/.test(labels[labels.length - 1]!)) return undefined; // an address, not a name
+  return { name: s, wildcard };
+}
+
+export function domainString(d: DomainRule): string {
+  return d.wildcard ? `*.${d.name}` : d.name;
+}
+
+/** Whether `name` (as the guest asked for it) is one of the policy's allowed domains. */
+export function domainAllowed(p: EgressPolicy, name: string): boolean {
+  const q = name.toLowerCase().replace(/\.$/, '');
+  for (const e of p.allow_out) {
+    const d = parseDomain(e);
+    if (!d) continue;
+    if (d.wildcard ? q.endsWith(`.${d.name}`) : q === d.name) return true;
+  }
+  return false;
+}
+
+/** Whether the policy refuses whatever it does not allow (then DNS answers allowed domains only). */
+export function deniesAll(p: EgressPolicy): boolean {
+  return !p.allow_internet_access || p.deny_out.includes('all');
+}
+
+/** Parse one address entry; a ForkdError names what is wrong with it and what is accepted. */
 export function parseEntry(raw: string, list = 'allow_out'): EgressRule {
   const s = raw.trim().toLowerCase();
   if (s === 'all' || s === '0.0.0.0/0') return { cidr: '0.0.0.0/0', ports: null };
@@ -50,13 +93,14 @@ export function parseEntry(raw: string, list = 'allow_out'): EgressRule {
     );
   };
   if (!m) {
-    if (/^[a-z0-9*]([a-z0-9-]*\.)+[a-z0-9-]+$/.test(s) || s.includes(':'))
+    if (s.includes(':') && !s.includes('.')) bad('IPv6 is not supported (guests have IPv4 only)');
+    if (parseDomain(s))
       bad(
-        s.includes(':') && !s.includes('.')
-          ? 'IPv6 is not supported (guests have IPv4 only)'
-          : 'domain names are not enforced yet; only IPv4 addresses and CIDRs are',
+        list === 'deny_out'
+          ? 'domain names cannot be denied (a guest can connect by address): allow the domains it may use and deny all'
+          : 'a domain name where an address was expected',
       );
-    bad('not an IPv4 address or CIDR');
+    bad('not an IPv4 address, CIDR or domain name');
   }
   const [, addr, bits, lo, hi] = m!;
   if (!net.isIPv4(addr!)) bad(`'${addr}' is not an IPv4 address`);
@@ -81,7 +125,8 @@ export function normalizePolicy(p: Partial<EgressPolicy>): EgressPolicy {
     const out = new Set<string>();
     for (const e of p[list] ?? []) {
       try {
-        out.add(entryString(parseEntry(e, list)));
+        const d = list === 'allow_out' && !/^[0-9./:-]+$/.test(e.trim()) ? parseDomain(e) : undefined;
+        out.add(d ? domainString(d) : entryString(parseEntry(e, list)));
       } catch (err) {
         errors.push((err as Error).message);
       }
@@ -97,7 +142,7 @@ export function normalizePolicy(p: Partial<EgressPolicy>): EgressPolicy {
     throw new ForkdError(
       'bad_input',
       `egress policy: ${errors.join('; ')}`,
-      'give IPv4 addresses or CIDRs, optionally with :PORT or :LOW-HIGH (e.g. 10.0.0.0/8:5432), or "all"',
+      'give IPv4 addresses or CIDRs, optionally with :PORT or :LOW-HIGH (e.g. 10.0.0.0/8:5432), "all", or in allow_out domain names (pypi.org, *.pythonhosted.org)',
     );
   return policy;
 }

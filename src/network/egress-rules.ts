@@ -1,9 +1,12 @@
+import net from 'node:net';
+import { randomInt } from 'node:crypto';
 import { run, runOk } from '../util/proc.js';
+import { GUEST_GATEWAY } from '../vmm/qemu-argv.js';
 import { ForkdError } from '../util/errors.js';
 import { commandExists } from '../util/proc.js';
 import { checkIfName } from './tap.js';
 import { UPLINK_POOL } from './netns.js';
-import { parseEntry, type EgressPolicy, type EgressRule } from './egress-policy.js';
+import { parseDomain, parseEntry, type EgressPolicy, type EgressRule } from './egress-policy.js';
 
 /**
  * The host side of an egress policy: one nftables table in the sandbox's own network namespace, on
@@ -37,11 +40,14 @@ function setDecl(name: string, elements: string[], withPorts: boolean): string {
  * The whole table as one nft script. Applied with `nft -f`, it is one transaction: the old table is
  * deleted and the new one made atomically, so a packet never sees a half-replaced policy.
  */
-export function renderEgressRules(tap: string, policy: EgressPolicy): string {
+export function renderEgressRules(tap: string, policy: EgressPolicy, opts: EgressOptions = {}): string {
   checkIfName(tap);
-  const allow = policy.allow_out.map((e) => parseEntry(e, 'allow_out'));
+  const allow = policy.allow_out.filter((e) => !parseDomain(e)).map((e) => parseEntry(e, 'allow_out'));
   const deny = policy.deny_out.map((e) => parseEntry(e, 'deny_out'));
   const fromGuest = `iifname "${tap}"`;
+  const dns = opts.dnsServer;
+  if (dns !== undefined && !net.isIPv4(dns)) throw new Error(`bad resolver address ${dns}`);
+  const gen = opts.generation ?? 1;
   const lines = [
     `add table inet ${EGRESS_TABLE}`,
     `delete table inet ${EGRESS_TABLE}`,
@@ -51,6 +57,8 @@ export function renderEgressRules(tap: string, policy: EgressPolicy): string {
     setDecl('allow_ports', setElements(allow, true), true),
     setDecl('deny', setElements(deny, false), false),
     setDecl('deny_ports', setElements(deny, true), true),
+    // Addresses the sandbox's resolver returned for allowed domains (allowResolved), each for its TTL.
+    '  set resolved { type ipv4_addr; flags timeout; }',
     '  chain refuse {',
     '    counter name "refused"',
     '    meta l4proto tcp reject with tcp reset',
@@ -59,13 +67,27 @@ export function renderEgressRules(tap: string, policy: EgressPolicy): string {
     '  chain forward {',
     '    type filter hook forward priority filter; policy accept;',
     `    ${fromGuest} meta nfproto ipv6 jump refuse`,
+    ...(dns ? [`    ${fromGuest} ip daddr ${dns} udp dport 53 accept`] : []),
     `    ${fromGuest} ip daddr { ${ALWAYS_REFUSED.join(', ')} } jump refuse`,
+    // A connection opened to a resolved address lives on when the address's TTL runs out, but not
+    // past a replacement of the policy: the mark is this table's generation.
+    `    ${fromGuest} ct mark ${gen} accept`,
+    `    ${fromGuest} ip daddr @resolved ct mark set ${gen} accept`,
     `    ${fromGuest} ip daddr @allow accept`,
     `    ${fromGuest} meta l4proto { tcp, udp } ip daddr . th dport @allow_ports accept`,
     `    ${fromGuest} ip daddr @deny jump refuse`,
     `    ${fromGuest} meta l4proto { tcp, udp } ip daddr . th dport @deny_ports jump refuse`,
     ...(policy.allow_internet_access ? [] : [`    ${fromGuest} jump refuse`]),
     '  }',
+    ...(dns
+      ? [
+          // The guest's resolv.conf names its gateway; the sandbox's resolver listens on the host end.
+          '  chain prerouting {',
+          '    type nat hook prerouting priority dstnat; policy accept;',
+          `    ${fromGuest} ip daddr ${GUEST_GATEWAY} udp dport 53 dnat ip to ${dns}:53`,
+          '  }',
+        ]
+      : []),
     // The namespace itself serves the guest nothing (its gateway address has no listeners).
     '  chain input {',
     '    type filter hook input priority filter; policy accept;',
@@ -78,15 +100,50 @@ export function renderEgressRules(tap: string, policy: EgressPolicy): string {
   return lines.join('\n') + '\n';
 }
 
+export interface EgressOptions {
+  /** The host end of the sandbox's uplink, where its resolver listens (DNS to the gateway goes there). */
+  dnsServer?: string | undefined;
+  /** Differs on each replacement (1..2^31-1): connections marked by an older policy are judged again. */
+  generation?: number;
+}
+
 /** Install or atomically replace the sandbox's policy in its namespace. */
-export async function applyEgress(netns: string, tap: string, policy: EgressPolicy): Promise<void> {
+export async function applyEgress(
+  netns: string,
+  tap: string,
+  policy: EgressPolicy,
+  opts: EgressOptions = {},
+): Promise<void> {
   if (!nftAvailable())
     throw new ForkdError(
       'host_unsupported',
       'nft (nftables) is not installed; per-sandbox egress policies need it',
       'run: forkd setup --yes (or apt-get install nftables)',
     );
-  await runOk('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], { input: renderEgressRules(tap, policy) });
+  const generation = opts.generation ?? 1 + randomInt(0x7ffffffe);
+  await runOk('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], {
+    input: renderEgressRules(tap, policy, { ...opts, generation }),
+  });
+}
+
+/** Open `addrs` to the guest for `ttlSecs` (the resolver returned them for an allowed domain). */
+export async function allowResolved(netns: string, addrs: string[], ttlSecs: number): Promise<void> {
+  const ok = addrs.filter((a) => net.isIPv4(a));
+  if (!ok.length) return;
+  const t = Math.max(30, Math.min(86_400, Math.ceil(ttlSecs)));
+  const els = ok.map((a) => `${a} timeout ${t}s`).join(', ');
+  await runOk('ip', [
+    'netns',
+    'exec',
+    netns,
+    'nft',
+    'add',
+    'element',
+    'inet',
+    EGRESS_TABLE,
+    'resolved',
+    `{ ${els} }`,
+  ]);
 }
 
 /** Packets refused in the namespace since its policy was installed; undefined if it cannot be read. */

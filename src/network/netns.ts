@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { run, runOk } from '../util/proc.js';
 import { ForkdError } from '../util/errors.js';
-import { GUEST_GATEWAY } from '../vmm/qemu-argv.js';
+import { GATEWAY_MAC, GUEST_GATEWAY } from '../vmm/qemu-argv.js';
 import { deleteLink } from './tap.js';
 
 /**
@@ -104,6 +104,12 @@ export async function ensureHostNat(): Promise<void> {
     undefined,
     true,
   );
+  // ...except DNS to their own resolvers (network/dns.ts), each on the host end of its uplink.
+  await iptablesEnsure(
+    ['INPUT', '-s', UPLINK_POOL, '-d', UPLINK_POOL, '-p', 'udp', '--dport', '53', '-j', 'ACCEPT'],
+    undefined,
+    true,
+  );
   await iptablesEnsure([
     'FORWARD',
     '-d',
@@ -136,6 +142,7 @@ export async function setupChildNet(net: ChildNet, tap: string, tapPid?: number)
     await runOk('ip', ['link', 'set', net.hostVeth, 'up']);
     const inNs = (args: string[]) => runOk('ip', ['-n', ns, ...args]);
     await inNs(['link', 'set', 'lo', 'up']);
+    await inNs(['link', 'set', tap, 'address', GATEWAY_MAC]);
     await inNs(['addr', 'add', `${GUEST_GATEWAY}/24`, 'dev', tap]);
     await inNs(['link', 'set', tap, 'up']);
     await inNs(['addr', 'add', `${net.nsAddr}/30`, 'dev', nsVeth]);

@@ -26,6 +26,12 @@ export const SIGNAL_PORT = 0x402;
 export const GUEST_MAC = 'aa:fc:00:00:00:01';
 export const GUEST_IP = '10.42.0.2';
 export const GUEST_GATEWAY = '10.42.0.1';
+/**
+ * And every gateway (the sandbox's tap) the same MAC: a child restored from a guest that had talked to
+ * its gateway already holds that MAC in its ARP cache, and a tap with a new one would not get its
+ * frames until the cache entry failed its probes (seconds of lost DNS and connects after every fork).
+ */
+export const GATEWAY_MAC = 'aa:fc:00:00:00:fe';
 
 /** Flags every forkd QEMU gets: no default devices or config files, no display, exit on guest reboot. */
 export const BASE_FLAGS = ['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot'];

@@ -7,7 +7,14 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { describePolicy, normalizePolicy, OPEN_POLICY, parseEntry } from '../../src/network/egress-policy.js';
+import {
+  deniesAll,
+  describePolicy,
+  domainAllowed,
+  normalizePolicy,
+  OPEN_POLICY,
+  parseEntry,
+} from '../../src/network/egress-policy.js';
 import {
   applyEgress,
   nftAvailable,
@@ -15,6 +22,9 @@ import {
   renderEgressRules,
 } from '../../src/network/egress-rules.js';
 import { effectiveNetwork } from '../../src/controller/sandboxes.js';
+import { SandboxDns } from '../../src/network/dns.js';
+import dgram from 'node:dgram';
+import dnsPacket from 'dns-packet';
 import { ForkdError } from '../../src/util/errors.js';
 
 describe('egress policy model', () => {
@@ -34,10 +44,10 @@ describe('egress policy model', () => {
       ['1.2.3.4:0', /not within 1-65535/],
       ['1.2.3.4:90-80', /low to high/],
       ['1.2.3.4:70000', /not within 1-65535/],
-      ['pypi.org', /domain names are not enforced yet/],
-      ['*.example.com', /domain names are not enforced yet/],
+      ['pypi.org', /domain names cannot be denied/],
+      ['*.example.com', /domain names cannot be denied/],
       ['::1', /IPv6 is not supported/],
-      ['rm -rf /', /not an IPv4 address or CIDR/],
+      ['rm -rf /', /not an IPv4 address, CIDR or domain name/],
     ];
     for (const [entry, why] of bad)
       assert.throws(
@@ -52,6 +62,24 @@ describe('egress policy model', () => {
       );
   });
 
+  it('allow_out takes domain names and wildcards; they match by name', () => {
+    const p = normalizePolicy({
+      allow_out: ['PyPI.org.', '*.pythonhosted.org', '10.0.0.0/8'],
+      deny_out: ['all'],
+    });
+    assert.deepEqual(p.allow_out, ['pypi.org', '*.pythonhosted.org', '10.0.0.0/8']);
+    assert.ok(domainAllowed(p, 'pypi.org'));
+    assert.ok(domainAllowed(p, 'PYPI.ORG.'));
+    assert.ok(!domainAllowed(p, 'www.pypi.org'), 'a plain name is not its subdomains');
+    assert.ok(domainAllowed(p, 'files.pythonhosted.org'));
+    assert.ok(!domainAllowed(p, 'pythonhosted.org'), 'a wildcard is not its apex');
+    assert.ok(!domainAllowed(p, 'evilpythonhosted.org'));
+    assert.ok(deniesAll(p));
+    assert.ok(!deniesAll(OPEN_POLICY));
+    assert.throws(() => normalizePolicy({ allow_out: ['a..b'] }), /not an IPv4 address, CIDR or domain name/);
+    assert.throws(() => normalizePolicy({ allow_out: [`${'a'.repeat(64)}.com`] }), /domain name/);
+  });
+
   it('normalizes a policy and reports every bad entry at once', () => {
     assert.deepEqual(normalizePolicy({ allow_out: ['1.2.3.4/32', '1.2.3.4', '10.0.0.0/8:5432'] }), {
       allow_out: ['1.2.3.4', '10.0.0.0/8:5432'],
@@ -59,8 +87,8 @@ describe('egress policy model', () => {
       allow_internet_access: true,
     });
     assert.throws(
-      () => normalizePolicy({ allow_out: ['x.y'], deny_out: ['1.1.1.1/40'] }),
-      /allow_out entry 'x\.y'.*; deny_out entry '1\.1\.1\.1\/40'/,
+      () => normalizePolicy({ allow_out: ['x..y'], deny_out: ['1.1.1.1/40'] }),
+      /allow_out entry 'x\.\.y'.*; deny_out entry '1\.1\.1\.1\/40'/,
     );
   });
 
@@ -117,6 +145,46 @@ describe('egress policy model', () => {
     assert.throws(() => renderEgressRules('tap0; drop', OPEN_POLICY), /invalid interface name/);
   });
 });
+
+/** A reply's rcode and answer addresses (@types/dns-packet leaves `rcode` out). */
+function decoded(b: Buffer | undefined): { rcode: string; addrs: unknown[] } {
+  const p = dnsPacket.decode(b!) as dnsPacket.DecodedPacket & { rcode: string };
+  return { rcode: p.rcode, addrs: (p.answers ?? []).map((a) => (a as { data?: unknown }).data) };
+}
+
+function query(name: string, type: 'A' | 'AAAA' = 'A'): Buffer {
+  return dnsPacket.encode({
+    type: 'query',
+    id: 7,
+    flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ type, name }],
+  });
+}
+
+/** A real DNS server on loopback serving A records for `zone` (the resolvers' upstream). */
+async function zoneServer(zone: Record<string, string>): Promise<{ port: number; close: () => void }> {
+  const sock = dgram.createSocket('udp4');
+  sock.on('message', (msg, r) => {
+    const q = dnsPacket.decode(msg);
+    const name = q.questions![0]!.name;
+    const addr = zone[name];
+    const answers: dnsPacket.Answer[] =
+      addr && q.questions![0]!.type === 'A' ? [{ type: 'A', name, ttl: 60, data: addr }] : [];
+    sock.send(
+      dnsPacket.encode({
+        type: 'response',
+        id: q.id,
+        flags: addr ? 0 : 3,
+        questions: q.questions,
+        answers,
+      }),
+      r.port,
+      r.address,
+    );
+  });
+  await new Promise<void>((res) => sock.bind(0, '127.0.0.1', res));
+  return { port: sock.address().port, close: () => sock.close() };
+}
 
 const ip = (...a: string[]) => execFileSync('ip', a, { stdio: 'pipe' });
 const inNs = (ns: string, cmd: string[]) =>
@@ -197,6 +265,42 @@ describe(
           assert.ok(refused !== undefined && refused >= 1, `refused packets are counted (${refused})`);
           const tables = String(inNs(s, ['nft', 'list', 'tables']));
           assert.equal(tables.trim().split('\n').length, 1, 'replacing leaves one table');
+
+          // Domains: the sandbox's resolver (asking a real DNS server on loopback) opens what it returned.
+          const upstream = await zoneServer({ 'b.test': B, 'a.test': A });
+          try {
+            const policy = normalizePolicy({ allow_out: ['b.test'], allow_internet_access: false });
+            await applyEgress(s, 'tapx', policy);
+            const resolver = new SandboxDns({
+              view: () => ({ policy, netns: s }),
+              log: () => {},
+              upstream: [`127.0.0.1:${upstream.port}`],
+            });
+            assert.match(reach(B, 80), /^refused/, 'not before it was resolved');
+            assert.deepEqual(decoded(await resolver.answer('sb', query('b.test'))), {
+              rcode: 'NOERROR',
+              addrs: [B],
+            });
+            assert.equal(reach(B, 80), 'ok', 'the answer opened its address');
+            assert.match(reach(A, 80), /^refused/, 'and nothing else');
+            assert.equal(decoded(await resolver.answer('sb', query('a.test'))).rcode, 'REFUSED');
+            assert.match(reach(A, 80), /^refused/, 'a refused name opens nothing');
+            assert.equal(
+              await resolver.answer('sb', Buffer.from('garbage')),
+              undefined,
+              'garbage gets no reply',
+            );
+            assert.deepEqual(
+              decoded(await resolver.answer('sb', query('b.test', 'AAAA'))),
+              { rcode: 'NOERROR', addrs: [] },
+              'IPv4 only',
+            );
+            // A replaced policy starts with no resolved addresses.
+            await applyEgress(s, 'tapx', policy);
+            assert.match(reach(B, 80), /^refused/);
+          } finally {
+            upstream.close();
+          }
         } finally {
           process.kill(Number(srv), 'SIGKILL');
         }

@@ -12,7 +12,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { cli, isolatedDirs, qemuProcessesUnder, ROOT } from '../helpers/env.js';
 import { execOk, freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
@@ -35,6 +35,27 @@ let hostService: net.Server;
 let hostPort: number;
 
 const ip = (...a: string[]) => execFileSync('ip', a, { stdio: 'pipe' });
+
+/** The test's DNS zone, served from A: a.test → A, b.test → B, other names NXDOMAIN. */
+const ZONE_SERVER = `
+const dp = require('dns-packet'), s = require('dgram').createSocket('udp4');
+const zone = { 'a.test': '${A}', 'b.test': '${B}' };
+s.on('message', (m, r) => {
+  const q = dp.decode(m), qq = q.questions[0], addr = zone[qq.name];
+  const answers = addr && qq.type === 'A' ? [{ type: 'A', name: qq.name, ttl: 60, data: addr }] : [];
+  s.send(dp.encode({ type: 'response', id: q.id, flags: addr ? 0 : 3, questions: q.questions, answers }), r.port, r.address);
+});
+s.bind(53, '${A}');`;
+
+/** Resolve a name in the guest through its resolv.conf: the address, or 'unresolved'. */
+async function lookup(id: string, name: string): Promise<string> {
+  const out = await execOk(
+    c,
+    id,
+    `python3 -c 'import socket\ntry: print(socket.gethostbyname("${name}"))\nexcept OSError: print("unresolved")'`,
+  );
+  return out.trim();
+}
 
 /** A TCP connect from inside the guest: 'ok' (the server answered), 'refused' or 'timeout'. */
 async function reach(id: string, addr: string, port: number): Promise<string> {
@@ -96,13 +117,20 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     ip('-n', internet, 'route', 'add', 'default', 'via', HOST_ON_TEST_NET);
     const js =
       "const n=require('net');for(const p of [80,5432])n.createServer(c=>c.end('ok'+p)).listen(p,'0.0.0.0')";
-    servers = spawn('ip', ['netns', 'exec', internet, process.execPath, '-e', js], { stdio: 'ignore' });
+    servers = spawn('ip', ['netns', 'exec', internet, process.execPath, '-e', js + ';' + ZONE_SERVER], {
+      stdio: 'ignore',
+      cwd: ROOT, // where dns-packet resolves from
+    });
     // A service on the host on all addresses: no sandbox may reach it.
     hostService = net.createServer((s) => s.end('host'));
     await new Promise<void>((r) => hostService.listen(0, '0.0.0.0', r));
     hostPort = (hostService.address() as net.AddressInfo).port;
     const port = await freePort();
-    daemon = await startDaemon({ port, stateDir: path.join(dirs.data, 'ctl') });
+    daemon = await startDaemon({
+      port,
+      stateDir: path.join(dirs.data, 'ctl'),
+      args: ['--dns-upstream', `${A}:53`],
+    });
     c = new Controller({ baseUrl: daemon.url });
   });
 
@@ -140,7 +168,11 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
 
     // Root in the guest: flush whatever firewall it has, add an address and use it as the source.
     await execOk(c, id, 'iptables -F 2>/dev/null; nft flush ruleset 2>/dev/null; true');
-    await execOk(c, id, 'ip addr add 10.42.0.77/24 dev $(ip -o -4 addr show | awk \'/10\\.42\\.0\\.2\\//{print $2}\')');
+    await execOk(
+      c,
+      id,
+      "ip addr add 10.42.0.77/24 dev $(ip -o -4 addr show | awk '/10\\.42\\.0\\.2\\//{print $2}')",
+    );
     assert.equal(await reach(id, B, 80), 'refused', 'the policy is outside the guest');
     const spoofed = await execOk(
       c,
@@ -157,10 +189,10 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     const bad = await fetch(`${daemon.url}/v1/sandboxes/${id}/network`, {
       method: 'PUT',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ allow_out: ['pypi.org'] }),
+      body: JSON.stringify({ deny_out: ['pypi.org'] }),
     });
     assert.equal(bad.status, 400);
-    assert.match(((await bad.json()) as { error: string }).error, /domain names are not enforced yet/);
+    assert.match(((await bad.json()) as { error: string }).error, /domain names cannot be denied/);
     assert.equal(
       (await c.getSandbox(id)).network_summary,
       info.network_summary,
@@ -179,6 +211,30 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     assert.equal(ev.length, 1, 'the change (and only the accepted one) is in the audit log');
     assert.deepEqual(ev[0]!.after!.allow_out, [B]);
     await c.killSandbox(id);
+  });
+
+  it('domains: enforced by name through the sandbox resolver, not by an address known in advance', async () => {
+    const [s] = await spawnOk({ network: { allowOut: ['a.test'], allowInternetAccess: false } });
+    const id = s!.id;
+    assert.equal(await reach(id, A, 80), 'refused', "an allowed domain's address is closed until resolved");
+    assert.equal(await lookup(id, 'b.test'), 'unresolved', 'a name the policy does not allow is refused');
+    assert.equal(await reach(id, B, 80), 'refused', 'and its address stays closed');
+    assert.equal(await lookup(id, 'a.test'), A);
+    assert.equal(await reach(id, A, 80), 'ok80', 'what the resolver returned is open');
+    assert.equal(await reach(id, B, 80), 'refused');
+    const [open] = await spawnOk({ perChildNetns: true });
+    assert.equal(await lookup(open!.id, 'b.test'), B, 'an open policy resolves every name');
+    assert.equal(await lookup(open!.id, 'nope.test'), 'unresolved');
+    // The branch's children: each its own namespace and resolver, same guest address, same policy.
+    await c.branchSandbox(id, { tag: 'egress-dns', mode: 'live' });
+    const kids = await spawnOk({ snapshotTag: 'egress-dns', n: 2 });
+    for (const k of kids) {
+      assert.equal(await lookup(k.id, 'b.test'), 'unresolved');
+      assert.equal(await lookup(k.id, 'a.test'), A);
+      assert.equal(await reach(k.id, A, 80), 'ok80');
+    }
+    for (const x of [s!, open!, ...kids]) await c.killSandbox(x.id);
+    await c.deleteSnapshot('egress-dns');
   });
 
   it('the children of a branch keep its policy unless the spawn gives another', async () => {

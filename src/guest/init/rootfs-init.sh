@@ -18,6 +18,9 @@ if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up
   ip addr add 10.42.0.2/24 dev eth0
   ip route add default via 10.42.0.1
+  # The gateway forwards DNS to the sandbox's own resolver on the host (it enforces domain policies).
+  rm -f /etc/resolv.conf
+  echo 'nameserver 10.42.0.1' > /etc/resolv.conf
 fi
 cd /root
 exec /usr/bin/tini -s -- /bin/sh -c '
