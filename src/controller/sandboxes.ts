@@ -292,6 +292,7 @@ export class SandboxManager {
     const p = normalizePolicy(policy);
     const before = await refusedPackets(netns);
     await applyEgress(netns, tap, p, { dnsServer: uplinkOf(l.rec)?.hostAddr });
+    this.dns.policyReplaced(id);
     if (before) this.refusedBefore.set(id, (this.refusedBefore.get(id) ?? 0) + before);
     l.rec.egress = p;
     this.state.save();

@@ -24,6 +24,8 @@ const RA = 0x80;
 const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3, REFUSED: 5 } as const;
 /** Answers carry at most this TTL, so the guest asks again (and the firewall entry is renewed). */
 const MAX_TTL = 300;
+/** Firewall entries last at least this long, so lookups within it need no nft run. */
+const OPEN_SECS_MIN = 120;
 
 export interface DnsStats {
   answered: number;
@@ -34,6 +36,8 @@ export class SandboxDns {
   private readonly sockets = new Map<string, dgram.Socket>();
   private readonly resolver: Resolver;
   readonly stats = new Map<string, DnsStats>();
+  /** Per sandbox: addresses opened in its firewall and when their entries expire (ms since epoch). */
+  private readonly opened = new Map<string, Map<string, number>>();
 
   constructor(
     private readonly opts: {
@@ -78,6 +82,12 @@ export class SandboxDns {
   forget(id: string): void {
     this.close(id);
     this.stats.delete(id);
+    this.opened.delete(id);
+  }
+
+  /** The sandbox's firewall was replaced: nothing it opened is open any more. */
+  policyReplaced(id: string): void {
+    this.opened.delete(id);
   }
 
   closeAll(): void {
@@ -122,13 +132,23 @@ export class SandboxDns {
       return reply(RCODE.SERVFAIL);
     }
     const ttl = Math.min(MAX_TTL, ...records.map((r) => r.ttl));
-    // Opened before the guest learns the addresses, so its first connect already passes.
-    if (byDomain)
-      await allowResolved(
-        view.netns,
-        records.map((r) => r.address),
-        ttl + 30,
-      );
+    // Opened before the guest learns the addresses, so its first connect already passes. An entry that
+    // outlives this answer's TTL by a margin is left as it is (saves an nft run per repeated lookup).
+    if (byDomain) {
+      const open = this.opened.get(id) ?? new Map<string, number>();
+      const now = Date.now();
+      const stale = records.filter((r) => (open.get(r.address) ?? 0) < now + (ttl + 10) * 1000);
+      if (stale.length) {
+        const secs = Math.max(ttl + 30, OPEN_SECS_MIN);
+        await allowResolved(
+          view.netns,
+          stale.map((r) => r.address),
+          secs,
+        );
+        for (const r of stale) open.set(r.address, now + secs * 1000);
+        this.opened.set(id, open);
+      }
+    }
     return reply(
       RCODE.NOERROR,
       records.map((r) => ({ type: 'A', name: question.name, ttl, data: r.address })),

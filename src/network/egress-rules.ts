@@ -126,26 +126,23 @@ export async function applyEgress(
   });
 }
 
-/** Open `addrs` to the guest for `ttlSecs` (the resolver returned them for an allowed domain). */
+/**
+ * Open `addrs` to the guest for `ttlSecs` (the resolver returned them for an allowed domain). `add`
+ * alone would keep an existing entry's older timeout, so each is added, deleted and added again with
+ * the new one, in one transaction.
+ */
 export async function allowResolved(netns: string, addrs: string[], ttlSecs: number): Promise<void> {
   const ok = addrs.filter((a) => net.isIPv4(a));
   if (!ok.length) return;
   const t = Math.max(30, Math.min(86_400, Math.ceil(ttlSecs)));
-  const els = ok.map((a) => `${a} timeout ${t}s`).join(', ');
-  await runOk('ip', [
-    'netns',
-    'exec',
-    netns,
-    'nft',
-    'add',
-    'element',
-    'inet',
-    EGRESS_TABLE,
-    'resolved',
-    `{ ${els} }`,
-  ]);
+  const set = `inet ${EGRESS_TABLE} resolved`;
+  const script = [
+    `add element ${set} { ${ok.join(', ')} }`,
+    `delete element ${set} { ${ok.join(', ')} }`,
+    `add element ${set} { ${ok.map((a) => `${a} timeout ${t}s`).join(', ')} }`,
+  ].join('\n');
+  await runOk('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], { input: script + '\n' });
 }
-
 /** Packets refused in the namespace since its policy was installed; undefined if it cannot be read. */
 export async function refusedPackets(netns: string): Promise<number | undefined> {
   const r = await run('ip', [

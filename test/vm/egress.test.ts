@@ -10,9 +10,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { cli, isolatedDirs, qemuProcessesUnder, ROOT } from '../helpers/env.js';
+import { execFileSync } from 'node:child_process';
+import { cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { INTERNET_A, INTERNET_B, startTestInternet, type TestInternet } from '../helpers/internet.js';
 import { execOk, freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
@@ -20,32 +20,17 @@ import { Controller, type NetworkPolicy } from '../../src/sdk/index.js';
 import type { SandboxInfo, SpawnResult } from '../../src/sdk/types.js';
 
 const TAG = 'egress';
-const A = '10.250.8.2';
-const B = '10.250.9.2';
+const A = INTERNET_A;
+const B = INTERNET_B;
 const HOST_ON_TEST_NET = '10.250.8.1';
 
 let dirs: ReturnType<typeof isolatedDirs>;
 let shm: string;
 let daemon: Daemon;
 let c: Controller;
-let internet: string;
-let hostIf: string;
-let servers: ChildProcess | undefined;
+let internet: TestInternet;
 let hostService: net.Server;
 let hostPort: number;
-
-const ip = (...a: string[]) => execFileSync('ip', a, { stdio: 'pipe' });
-
-/** The test's DNS zone, served from A: a.test → A, b.test → B, other names NXDOMAIN. */
-const ZONE_SERVER = `
-const dp = require('dns-packet'), s = require('dgram').createSocket('udp4');
-const zone = { 'a.test': '${A}', 'b.test': '${B}' };
-s.on('message', (m, r) => {
-  const q = dp.decode(m), qq = q.questions[0], addr = zone[qq.name];
-  const answers = addr && qq.type === 'A' ? [{ type: 'A', name: qq.name, ttl: 60, data: addr }] : [];
-  s.send(dp.encode({ type: 'response', id: q.id, flags: addr ? 0 : 3, questions: q.questions, answers }), r.port, r.address);
-});
-s.bind(53, '${A}');`;
 
 /** Resolve a name in the guest through its resolv.conf: the address, or 'unresolved'. */
 async function lookup(id: string, name: string): Promise<string> {
@@ -102,25 +87,7 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
       { tag: TAG, recipe: 'python-numpy', net: true, warmupEval: 'import socket' },
       stderrReporter(),
     );
-    // The test's "internet": one namespace behind a veth, with both servers.
-    internet = `fkti-${randomBytes(3).toString('hex')}`;
-    hostIf = `fkti${randomBytes(2).toString('hex')}`;
-    ip('netns', 'add', internet);
-    ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', internet);
-    ip('addr', 'add', `${HOST_ON_TEST_NET}/24`, 'dev', hostIf);
-    ip('addr', 'add', '10.250.9.1/24', 'dev', hostIf);
-    ip('link', 'set', hostIf, 'up');
-    ip('-n', internet, 'addr', 'add', `${A}/24`, 'dev', 'eth0');
-    ip('-n', internet, 'addr', 'add', `${B}/24`, 'dev', 'eth0');
-    ip('-n', internet, 'link', 'set', 'eth0', 'up');
-    ip('-n', internet, 'link', 'set', 'lo', 'up');
-    ip('-n', internet, 'route', 'add', 'default', 'via', HOST_ON_TEST_NET);
-    const js =
-      "const n=require('net');for(const p of [80,5432])n.createServer(c=>c.end('ok'+p)).listen(p,'0.0.0.0')";
-    servers = spawn('ip', ['netns', 'exec', internet, process.execPath, '-e', js + ';' + ZONE_SERVER], {
-      stdio: 'ignore',
-      cwd: ROOT, // where dns-packet resolves from
-    });
+    internet = await startTestInternet();
     // A service on the host on all addresses: no sandbox may reach it.
     hostService = net.createServer((s) => s.end('host'));
     await new Promise<void>((r) => hostService.listen(0, '0.0.0.0', r));
@@ -129,7 +96,7 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     daemon = await startDaemon({
       port,
       stateDir: path.join(dirs.data, 'ctl'),
-      args: ['--dns-upstream', `${A}:53`],
+      args: ['--dns-upstream', internet.dns],
     });
     c = new Controller({ baseUrl: daemon.url });
   });
@@ -140,9 +107,8 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
       await daemon.stop();
     }
     for (const pid of qemuProcessesUnder(dirs.run)) process.kill(pid, 'SIGKILL');
-    servers?.kill();
     hostService?.close();
-    if (internet) execFileSync('ip', ['netns', 'del', internet], { stdio: 'ignore' });
+    internet?.close();
     fs.rmSync(shm, { recursive: true, force: true });
     dirs.cleanup();
   });
