@@ -17,6 +17,7 @@ import { execOk, freePort, startDaemon, type Daemon } from '../helpers/daemon.js
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
 import { Controller, type NetworkPolicy } from '../../src/sdk/index.js';
+import { Sandbox as E2bSandbox } from 'e2b';
 import type { SandboxInfo, SpawnResult } from '../../src/sdk/types.js';
 
 const TAG = 'egress';
@@ -234,6 +235,32 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     assert.deepEqual(results, new Array(20).fill('ok80 refused'));
     await Promise.all(kids.map((k) => c.killSandbox(k.id)));
     assert.deepEqual(netLeftovers(), before, 'namespaces and veths are removed with their sandboxes');
+  });
+
+  it('the official E2B SDK: network on create, updateNetwork, getInfo', async () => {
+    process.env.E2B_API_URL = daemon.url;
+    process.env.E2B_SANDBOX_URL = daemon.url;
+    process.env.E2B_API_KEY = 'e2b_egress'; // the daemon runs without a token: any key
+    const sbx = await E2bSandbox.create(TAG, { network: { allowOut: [A] }, allowInternetAccess: false });
+    try {
+      assert.equal(await reach(sbx.sandboxId, A, 80), 'ok80');
+      assert.equal(await reach(sbx.sandboxId, B, 80), 'refused');
+      let info = await sbx.getInfo();
+      assert.equal(info.allowInternetAccess, false);
+      await sbx.updateNetwork({ allowOut: ['b.test'], allowInternetAccess: false });
+      assert.equal(await reach(sbx.sandboxId, A, 80), 'refused');
+      assert.equal(await lookup(sbx.sandboxId, 'b.test'), B);
+      assert.equal(await reach(sbx.sandboxId, B, 80), 'ok80');
+      info = await sbx.getInfo();
+      assert.deepEqual((info.network as { allowOut?: string[] } | undefined)?.allowOut, ['b.test']);
+      await assert.rejects(
+        sbx.updateNetwork({ allowOut: ['10.0.0.1/8'] }),
+        /host bits are set/,
+        'a bad entry is a 400 the SDK reports',
+      );
+    } finally {
+      await sbx.kill();
+    }
   });
 
   it('CLI: spawn --allow-out/--deny-all, network shows and replaces, ls shows the policy', async () => {
