@@ -6,7 +6,8 @@
  *  - inside the guest (timed by the guest's own clock, so the exec round trip is not counted): TCP
  *    connect by address with no policy vs a deny-all policy allowing that address; name lookup with an
  *    open policy (resolved, nothing opened) vs an allowed domain (resolved and opened in the firewall),
- *    first lookup in a fresh sandbox and repeated ones; lookup + connect.
+ *    first lookup in a fresh sandbox and repeated ones; lookup + connect (an HTTP request: with an
+ *    allowed domain it goes through the SNI/Host check of egress-proxy.ts).
  *
  *   npm run bench:egress [-- --reps 5]
  */
@@ -30,7 +31,8 @@ const r1 = (x: number) => Math.round(x * 10) / 10;
 const PROBE = (host: string, addr: string, n: number) => `
 import socket, time, json
 def conn(a):
-    s = socket.create_connection((a, 80), timeout=5); s.recv(8); s.close()
+    s = socket.create_connection((a, 80), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: a.test\\r\\n\\r\\n"); s.recv(8); s.close()
 def t(f):
     t0 = time.perf_counter(); f(); return (time.perf_counter() - t0) * 1000
 out = {"first_lookup": t(lambda: socket.gethostbyname("${host}")) if "${host}" else None}

@@ -153,6 +153,7 @@ export class Controller {
     await this.pool.close();
     this.sandboxes.releaseAll();
     this.sandboxes.dns.closeAll();
+    this.sandboxes.proxy.closeAll();
   }
 
   private onSandboxGone(id: string): void {

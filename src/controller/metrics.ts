@@ -83,7 +83,7 @@ export class Metrics {
     });
     new client.Counter({
       name: 'forkd_egress_refused_packets_total',
-      help: 'Packets from a sandbox its egress policy refused (a refused TCP connect is one), per sandbox',
+      help: 'Packets from a sandbox its egress policy refused (a refused TCP connect is one), plus connections its SNI/Host check closed, per sandbox',
       labelNames: ['sandbox'],
       registers: reg,
       async collect() {

@@ -9,6 +9,7 @@ import type { GuestSession } from '../agent-client/guest-session.js';
 import type { IdentityResult } from '../protocol/agent-api.js';
 import { allocIndex, netFor, type ChildNet } from '../network/netns.js';
 import { SandboxDns } from '../network/dns.js';
+import { EgressProxy } from '../network/egress-proxy.js';
 import { applyEgress, refusedPackets } from '../network/egress-rules.js';
 import { normalizePolicy, OPEN_POLICY, type EgressPolicy } from '../network/egress-policy.js';
 import type { SnapshotMeta } from '../snapshot/metadata.js';
@@ -119,8 +120,9 @@ export class SandboxManager {
   /** Sandboxes that died on their own (OOM, crash): kept briefly so clients see why. */
   readonly exited = new Map<string, LiveSandbox>();
 
-  /** Each networked sandbox's resolver (it enforces the domain entries of its policy). */
+  /** Each networked sandbox's resolver and SNI/Host check (they enforce its policy's domain entries). */
   readonly dns: SandboxDns;
+  readonly proxy: EgressProxy;
 
   constructor(
     private readonly state: StateStore,
@@ -137,6 +139,14 @@ export class SandboxManager {
       log: ev.log,
       upstream: dnsUpstream,
     });
+    this.proxy = new EgressProxy({
+      view: (id) => {
+        const rec = this.live.get(id)?.rec;
+        return rec?.netns ? { policy: rec.egress ?? OPEN_POLICY } : undefined;
+      },
+      resolve: (name) => this.dns.lookup4(name),
+      log: ev.log,
+    });
   }
 
   /** Start the sandbox's resolver; a sandbox without one still runs (its DNS goes unanswered). */
@@ -145,6 +155,9 @@ export class SandboxManager {
     if (!up) return;
     await this.dns.open(rec.id, up.hostAddr).catch((e: unknown) => {
       this.ev.log(`sandbox ${rec.id}: no resolver on ${up.hostAddr}:53: ${errorMessage(e)}`);
+    });
+    await this.proxy.open(rec.id, up.hostAddr).catch((e: unknown) => {
+      this.ev.log(`sandbox ${rec.id}: no egress proxy on ${up.hostAddr}: ${errorMessage(e)}`);
     });
   }
 
@@ -236,6 +249,7 @@ export class SandboxManager {
       this.ev.log(`sandbox ${live.rec.id} ${reason}`);
       live.guest.close();
       this.dns.forget(live.rec.id);
+      this.proxy.forget(live.rec.id);
       live.exited = { reason, at_unix: nowUnix() };
       this.live.delete(live.rec.id);
       this.exited.set(live.rec.id, live);
@@ -305,7 +319,10 @@ export class SandboxManager {
       [...this.live.values()].map(async (l) => {
         if (!l.rec.netns) return;
         const n = await refusedPackets(l.rec.netns);
-        if (n !== undefined) out[l.rec.id] = n + (this.refusedBefore.get(l.rec.id) ?? 0);
+        // Packets refused in the namespace, plus connections the SNI/Host check closed.
+        if (n !== undefined)
+          out[l.rec.id] =
+            n + (this.refusedBefore.get(l.rec.id) ?? 0) + (this.proxy.refused.get(l.rec.id) ?? 0);
       }),
     );
     return out;
@@ -323,6 +340,7 @@ export class SandboxManager {
     this.live.delete(id);
     this.refusedBefore.delete(id);
     this.dns.forget(id);
+    this.proxy.forget(id);
     l.guest.close();
     await l.vm.destroy();
     await this.release(l.rec);

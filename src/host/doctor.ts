@@ -377,7 +377,7 @@ function egressCheck(): Check {
   return check(
     'egress policy',
     'PASS',
-    "nftables in each sandbox namespace: IPv4 address/CIDR[:port] allow and deny lists, deny-all, domain names through each sandbox's resolver; the host and other sandboxes never reachable; no SNI/Host check",
+    "nftables in each sandbox namespace: IPv4 address/CIDR[:port] allow and deny lists, deny-all, domain names through each sandbox's resolver; TLS SNI / HTTP Host checked for addresses opened by name; the host and other sandboxes never reachable",
   );
 }
 

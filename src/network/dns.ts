@@ -52,6 +52,11 @@ export class SandboxDns {
     if (opts.upstream?.length) this.resolver.setServers(opts.upstream);
   }
 
+  /** The IPv4 addresses of `name`, from the upstream resolvers (the egress proxy asks again here). */
+  async lookup4(name: string): Promise<string[]> {
+    return this.resolver.resolve4(name);
+  }
+
   /** Listen for sandbox `id` on `addr`:53 (its uplink's host address, which exists while it lives). */
   async open(id: string, addr: string): Promise<void> {
     this.close(id);

@@ -2,6 +2,7 @@ import net from 'node:net';
 import { randomInt } from 'node:crypto';
 import { run, runOk } from '../util/proc.js';
 import { GUEST_GATEWAY } from '../vmm/qemu-argv.js';
+import { PROXY_PORTS } from './egress-proxy.js';
 import { ForkdError } from '../util/errors.js';
 import { commandExists } from '../util/proc.js';
 import { checkIfName } from './tap.js';
@@ -67,7 +68,12 @@ export function renderEgressRules(tap: string, policy: EgressPolicy, opts: Egres
     '  chain forward {',
     '    type filter hook forward priority filter; policy accept;',
     `    ${fromGuest} meta nfproto ipv6 jump refuse`,
-    ...(dns ? [`    ${fromGuest} ip daddr ${dns} udp dport 53 accept`] : []),
+    ...(dns
+      ? [
+          `    ${fromGuest} ip daddr ${dns} udp dport 53 accept`,
+          `    ${fromGuest} ip daddr ${dns} tcp dport { ${Object.values(PROXY_PORTS).join(', ')} } accept`,
+        ]
+      : []),
     `    ${fromGuest} ip daddr { ${ALWAYS_REFUSED.join(', ')} } jump refuse`,
     // A connection opened to a resolved address lives on when the address's TTL runs out, but not
     // past a replacement of the policy: the mark is this table's generation.
@@ -85,6 +91,10 @@ export function renderEgressRules(tap: string, policy: EgressPolicy, opts: Egres
           '  chain prerouting {',
           '    type nat hook prerouting priority dstnat; policy accept;',
           `    ${fromGuest} ip daddr ${GUEST_GATEWAY} udp dport 53 dnat ip to ${dns}:53`,
+          // Web traffic to an address opened by name must name an allowed server (egress-proxy.ts).
+          ...Object.entries(PROXY_PORTS).map(
+            ([port, to]) => `    ${fromGuest} ip daddr @resolved tcp dport ${port} dnat ip to ${dns}:${to}`,
+          ),
           '  }',
         ]
       : []),

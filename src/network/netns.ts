@@ -3,6 +3,7 @@ import { run, runOk } from '../util/proc.js';
 import { ForkdError } from '../util/errors.js';
 import { GATEWAY_MAC, GUEST_GATEWAY } from '../vmm/qemu-argv.js';
 import { deleteLink } from './tap.js';
+import { PROXY_PORTS } from './egress-proxy.js';
 
 /**
  * One network namespace per sandbox, made on demand and removed with it. Inside: the sandbox's tap
@@ -104,9 +105,29 @@ export async function ensureHostNat(): Promise<void> {
     undefined,
     true,
   );
-  // ...except DNS to their own resolvers (network/dns.ts), each on the host end of its uplink.
+  // ...except DNS to their own resolvers (network/dns.ts) and the egress proxy (egress-proxy.ts),
+  // each on the host end of its uplink.
   await iptablesEnsure(
     ['INPUT', '-s', UPLINK_POOL, '-d', UPLINK_POOL, '-p', 'udp', '--dport', '53', '-j', 'ACCEPT'],
+    undefined,
+    true,
+  );
+  await iptablesEnsure(
+    [
+      'INPUT',
+      '-s',
+      UPLINK_POOL,
+      '-d',
+      UPLINK_POOL,
+      '-p',
+      'tcp',
+      '-m',
+      'multiport',
+      '--dports',
+      Object.values(PROXY_PORTS).join(','),
+      '-j',
+      'ACCEPT',
+    ],
     undefined,
     true,
   );

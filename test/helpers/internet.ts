@@ -4,8 +4,8 @@ import { ROOT } from './env.js';
 
 /**
  * A test "internet": one network namespace behind a veth from the host, holding two servers
- * (A = 10.250.8.2, B = 10.250.9.2; TCP 80 and 5432 answer "ok<port>") and a DNS zone served from A
- * (a.test → A, b.test → B, other names NXDOMAIN). Sandboxes reach it through their NAT like any
+ * (A = 10.250.8.2, B = 10.250.9.2; TCP 80, 443 and 5432 answer "ok<port>") and a DNS zone served from
+ * A (a.test and c.test, a co-hosted neighbour → A, b.test → B, other names NXDOMAIN). Sandboxes reach it through their NAT like any
  * address outside the host; nothing leaves this machine.
  */
 export interface TestInternet {
@@ -23,9 +23,9 @@ export const INTERNET_B = '10.250.9.2';
 
 const SERVERS = `
 const n = require('net');
-for (const p of [80, 5432]) n.createServer((c) => c.end('ok' + p)).listen(p, '0.0.0.0');
+for (const p of [80, 443, 5432]) n.createServer((c) => c.end('ok' + p)).listen(p, '0.0.0.0');
 const dp = require('dns-packet'), s = require('dgram').createSocket('udp4');
-const zone = { 'a.test': '${INTERNET_A}', 'b.test': '${INTERNET_B}' };
+const zone = { 'a.test': '${INTERNET_A}', 'c.test': '${INTERNET_A}', 'b.test': '${INTERNET_B}' };
 s.on('message', (m, r) => {
   const q = dp.decode(m), qq = q.questions[0], addr = zone[qq.name];
   const answers = addr && qq.type === 'A' ? [{ type: 'A', name: qq.name, ttl: 60, data: addr }] : [];

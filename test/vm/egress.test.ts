@@ -43,14 +43,27 @@ async function lookup(id: string, name: string): Promise<string> {
   return out.trim();
 }
 
-/** A TCP connect from inside the guest: 'ok' (the server answered), 'refused' or 'timeout'. */
-async function reach(id: string, addr: string, port: number): Promise<string> {
+/**
+ * A TCP connect from inside the guest: 'ok<port>' (the server answered), 'closed', 'refused' or
+ * 'timeout'. With `send`, that is written first: `host:NAME` an HTTP request for NAME, `tls:NAME` a
+ * real TLS ClientHello (Python's ssl) with SNI NAME, anything else as it is.
+ */
+async function reach(id: string, addr: string, port: number, send = ''): Promise<string> {
+  const first = send.startsWith('host:')
+    ? `s.sendall(b"GET / HTTP/1.1\\r\\nHost: ${send.slice(5)}\\r\\n\\r\\n")`
+    : send.startsWith('tls:')
+      ? `import ssl; o = ssl.MemoryBIO(); t = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), o, server_hostname="${send.slice(4)}")\n    try: t.do_handshake()\n    except ssl.SSLWantReadError: pass\n    s.sendall(o.read())`
+      : send
+        ? `s.sendall(b"${send}")`
+        : 'pass';
   const script = [
     'import socket, sys',
     's = socket.socket()',
     's.settimeout(5)',
     'try:',
-    `    s.connect(("${addr}", ${port})); print(s.recv(16).decode() or "closed")`,
+    `    s.connect(("${addr}", ${port}))`,
+    `    ${first}`,
+    '    print(s.recv(16).decode() or "closed")',
     'except socket.timeout: print("timeout")',
     'except OSError as e: print("refused", e.errno)',
   ].join('\n');
@@ -187,8 +200,18 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     assert.equal(await lookup(id, 'b.test'), 'unresolved', 'a name the policy does not allow is refused');
     assert.equal(await reach(id, B, 80), 'refused', 'and its address stays closed');
     assert.equal(await lookup(id, 'a.test'), A);
-    assert.equal(await reach(id, A, 80), 'ok80', 'what the resolver returned is open');
+    assert.equal(await reach(id, A, 80, 'host:a.test'), 'ok80', 'what the resolver returned is open');
+    assert.equal(await reach(id, A, 443, 'tls:a.test'), 'ok443', 'TLS naming the allowed domain');
+    assert.equal(await reach(id, A, 5432), 'ok5432', 'other ports of the address go straight through');
     assert.equal(await reach(id, B, 80), 'refused');
+    // The SNI/Host check: a neighbour on the same address, or no name at all, gets nothing.
+    assert.match(await reach(id, A, 80, 'host:c.test'), /^(closed|refused)$/, 'a co-hosted name (HTTP)');
+    assert.match(await reach(id, A, 443, 'tls:c.test'), /^(closed|refused)$/, 'a co-hosted name (TLS)');
+    assert.match(
+      await reach(id, A, 80, 'hello\\r\\n\\r\\n'),
+      /^(closed|refused)$/,
+      'bytes that name nothing',
+    );
     const [open] = await spawnOk({ perChildNetns: true });
     assert.equal(await lookup(open!.id, 'b.test'), B, 'an open policy resolves every name');
     assert.equal(await lookup(open!.id, 'nope.test'), 'unresolved');
@@ -198,7 +221,7 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
     for (const k of kids) {
       assert.equal(await lookup(k.id, 'b.test'), 'unresolved');
       assert.equal(await lookup(k.id, 'a.test'), A);
-      assert.equal(await reach(k.id, A, 80), 'ok80');
+      assert.equal(await reach(k.id, A, 80, 'host:a.test'), 'ok80');
     }
     for (const x of [s!, open!, ...kids]) await c.killSandbox(x.id);
     await c.deleteSnapshot('egress-dns');
@@ -250,7 +273,7 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
       await sbx.updateNetwork({ allowOut: ['b.test'], allowInternetAccess: false });
       assert.equal(await reach(sbx.sandboxId, A, 80), 'refused');
       assert.equal(await lookup(sbx.sandboxId, 'b.test'), B);
-      assert.equal(await reach(sbx.sandboxId, B, 80), 'ok80');
+      assert.equal(await reach(sbx.sandboxId, B, 80, 'host:b.test'), 'ok80');
       info = await sbx.getInfo();
       assert.deepEqual((info.network as { allowOut?: string[] } | undefined)?.allowOut, ['b.test']);
       await assert.rejects(
