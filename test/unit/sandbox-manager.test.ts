@@ -138,7 +138,7 @@ class FakeEngine implements SandboxEngine {
 }
 
 const SOURCE = {
-  s: { tag: 'fake' },
+  s: { tag: 'fake', meta: {} },
   machine: { accel: 'tcg', vcpus: 1, memMib: 128, net: 'virtio' },
   memoryFile: '/dev/null',
   diskImage: '/dev/null',
