@@ -202,6 +202,8 @@ async function cycles(): Promise<void> {
       const [r] = await c.spawnSandboxes({
         snapshotTag: 'soak',
         ...(i % 3 === 0 ? { perChildNetns: true } : {}),
+        // Every sixth cycle with an egress policy: its nftables table, resolver and SNI/Host listeners.
+        ...(i % 6 === 3 ? { network: { allowOut: ['example.test'], allowInternetAccess: false } } : {}),
         ...(i % 4 === 1 ? { memoryLimitMib: 384 } : {}),
       });
       if (!r?.ok) throw new Error(r?.error ?? 'spawn failed');
