@@ -82,14 +82,23 @@ async function spawnOk(opts: {
   return res as Array<SpawnResult & { id: string }>;
 }
 
-/** Host-side leftovers of sandbox networking: namespaces and host veths of ours. */
-function netLeftovers(): { netns: string[]; veths: string[] } {
-  const netns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-    .split('\n')
-    .map((l) => l.split(' ')[0]!)
-    .filter((n) => n.startsWith('forkd-'));
-  const veths = fs.readdirSync('/sys/class/net').filter((n) => n.startsWith('fkh'));
-  return { netns, veths };
+/**
+ * The host-side pieces of these sandboxes' networking that still exist: their namespaces and their
+ * host veths (found by the uplink gateway address). Only these sandboxes' own, so another forkd run on
+ * the same host does not count.
+ */
+function hostVethOf(s: SpawnResult): string {
+  const gw = uplinkGateway(s);
+  const out = execFileSync('ip', ['-o', '-4', 'addr', 'show', 'to', `${gw}/32`], { encoding: 'utf8' });
+  return out.trim().split(/\s+/)[1]!;
+}
+function stillThere(netns: string[], veths: string[]): string[] {
+  const live = new Set(
+    execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .split('\n')
+      .map((l) => l.split(' ')[0]!),
+  );
+  return [...netns.filter((n) => live.has(n)), ...veths.filter((v) => fs.existsSync(`/sys/class/net/${v}`))];
 }
 
 describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
@@ -249,15 +258,31 @@ describe('egress policies on real VMs', { timeout: 30 * 60_000 }, () => {
   });
 
   it('20 children with a policy at once, then nothing left after kill', async () => {
-    const before = netLeftovers();
     const kids = await spawnOk({ n: 20, network: { denyOut: [`${B}`] } });
     assert.equal(new Set(kids.map((k) => k.netns)).size, 20);
+    const veths = kids.map(hostVethOf);
+    assert.equal(new Set(veths).size, 20);
+    assert.deepEqual(
+      stillThere(
+        kids.map((k) => k.netns!),
+        veths,
+      ).length,
+      40,
+      'all present while they run',
+    );
     const results = await Promise.all(
       kids.map(async (k) => [await reach(k.id, A, 80), await reach(k.id, B, 80)].join(' ')),
     );
     assert.deepEqual(results, new Array(20).fill('ok80 refused'));
     await Promise.all(kids.map((k) => c.killSandbox(k.id)));
-    assert.deepEqual(netLeftovers(), before, 'namespaces and veths are removed with their sandboxes');
+    assert.deepEqual(
+      stillThere(
+        kids.map((k) => k.netns!),
+        veths,
+      ),
+      [],
+      'namespaces and veths are removed with their sandboxes',
+    );
   });
 
   it('the official E2B SDK: network on create, updateNetwork, getInfo', async () => {
