@@ -9,6 +9,8 @@ import { registerDaemon } from './commands/daemon.js';
 import { registerPortForward } from './commands/port-forward.js';
 import { registerLineage } from './commands/lineage.js';
 import { registerHub } from './commands/hub.js';
+import { registerImage } from './commands/image.js';
+import { registerSandboxVerbs } from './commands/sandbox.js';
 import { fail } from './output.js';
 
 const program = new Command();
@@ -27,6 +29,8 @@ registerFork(program);
 registerLineage(program);
 registerHub(program);
 registerDaemon(program);
+registerSandboxVerbs(program);
+registerImage(program);
 registerPortForward(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {

@@ -18,7 +18,8 @@ export const REQUIREMENTS: Requirement[] = [
   { pkg: 'cpio', why: 'packing the initramfs', provides: 'cpio' },
   { pkg: 'kmod', why: 'resolving guest kernel module dependencies (depmod)', provides: 'depmod' },
   { pkg: 'xz-utils', why: 'decompressing the guest kernel', provides: 'xz' },
-  { pkg: 'zstd', why: 'snapshot packs', provides: 'zstd' },
+  { pkg: 'zstd', why: 'snapshot packs, zstd image layers', provides: 'zstd' },
+  { pkg: 'attr', why: 'file capabilities from image layers (setfattr)', provides: 'setfattr' },
   { pkg: 'iproute2', why: 'network namespaces and taps', provides: 'ip' },
   {
     pkg: 'socat',

@@ -20,7 +20,7 @@ import {
   type ManifestLink,
 } from './manifest.js';
 import { signManifest, type Signature } from './signing.js';
-import { zstdCompressTo } from './zstd.js';
+import { zstdCompressTo } from '../util/zstd.js';
 
 export const PACK_SUFFIX = '.forkd-snapshot.tar.zst';
 

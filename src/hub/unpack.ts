@@ -22,7 +22,7 @@ import {
   type Manifest,
 } from './manifest.js';
 import { trustedKeys, verifyManifest, type SignatureStatus } from './signing.js';
-import { zstdDecompressFrom } from './zstd.js';
+import { zstdDecompressFrom } from '../util/zstd.js';
 
 export interface UnpackOptions {
   file: string;

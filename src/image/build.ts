@@ -8,6 +8,8 @@ import { ensureInitramfs } from './initramfs.js';
 import { ensureRootfs, type RootfsImage } from './rootfs.js';
 import { getRecipe, withExtras } from './recipes.js';
 import { listDir } from '../util/fs.js';
+import { ensureImageRootfs, type ImageRootfs } from './image-rootfs.js';
+import { resolveImage } from './oci/resolve.js';
 
 /** Everything needed to boot a parent: kernel, initramfs (modules + agent), root filesystem. */
 export interface GuestImage {
@@ -17,6 +19,8 @@ export interface GuestImage {
   kernel: { package: string; version: string; release: string; vmlinux: string };
   initramfs: { path: string; key: string };
   rootfs: RootfsImage;
+  /** Set for a guest made from an OCI/Docker image: where it came from and how it runs. */
+  oci?: ImageRootfs['oci'];
   built_at: string;
 }
 
@@ -40,11 +44,37 @@ export async function buildImage(opts: BuildOptions, rep: Reporter): Promise<Gue
   const kernel: GuestKernel = await ensureKernel(rep);
   const initramfs = await ensureInitramfs(kernel, rep);
   const rootfs = await ensureRootfs(recipe, sizeMib, rep);
+  return writeManifest(recipe.name, kernel, initramfs, rootfs);
+}
+
+/**
+ * A guest from an OCI/Docker image (registry, docker save or OCI archive, OCI layout, Docker engine):
+ * the same kernel and initramfs as the recipes, the image's own root filesystem plus the agent runtime.
+ */
+export async function buildImageFromOci(
+  ref: string,
+  opts: { extras?: string[]; sizeMib?: number },
+  rep: Reporter,
+): Promise<GuestImage> {
+  const kernel = await ensureKernel(rep);
+  const initramfs = await ensureInitramfs(kernel, rep);
+  const resolved = await resolveImage(ref, rep);
+  const rootfs = await ensureImageRootfs(resolved, opts, rep);
+  return writeManifest(`image:${rootfs.oci.source}`, kernel, initramfs, rootfs, rootfs.oci);
+}
+
+function writeManifest(
+  name: string,
+  kernel: GuestKernel,
+  initramfs: { path: string; key: string },
+  rootfs: RootfsImage,
+  oci?: ImageRootfs['oci'],
+): GuestImage {
   const key = createHash('sha256')
     .update(`${kernel.package}\0${kernel.version}\0${initramfs.key}\0${rootfs.key}`)
     .digest('hex');
   const image: GuestImage = {
-    recipe: recipe.name,
+    recipe: name,
     key,
     kernel: {
       package: kernel.package,
@@ -54,10 +84,11 @@ export async function buildImage(opts: BuildOptions, rep: Reporter): Promise<Gue
     },
     initramfs,
     rootfs,
+    ...(oci ? { oci } : {}),
     built_at: new Date().toISOString(),
   };
   fs.mkdirSync(imagesDir(), { recursive: true });
-  const manifest = path.join(imagesDir(), `${recipe.name}.json`);
+  const manifest = path.join(imagesDir(), oci ? `image-${rootfs.key.slice(0, 16)}.json` : `${name}.json`);
   fs.writeFileSync(manifest, JSON.stringify(image, null, 2));
   return image;
 }

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { pipeline } from 'node:stream/promises';
 import { createHash } from 'node:crypto';
 import { cacheDir } from '../util/paths.js';
@@ -30,7 +30,7 @@ export function initramfsKey(kernel: GuestKernel): string {
       'run: forkd setup --yes',
     );
   const h = createHash('sha256');
-  h.update(`initramfs-v1\0${kernel.package}\0${kernel.version}\0${kernel.modules.join(',')}\0`);
+  h.update(`initramfs-v2\0${kernel.package}\0${kernel.version}\0${kernel.modules.join(',')}\0`);
   h.update(fs.readFileSync(BUSYBOX));
   h.update(fs.readFileSync(initScript()));
   h.update(hashFiles(agentFiles()));
@@ -65,6 +65,13 @@ export async function ensureInitramfs(
       fs.copyFileSync(f.src, dest);
     }
     fs.chmodSync(path.join(stage, 'forkd', 'init'), 0o755);
+    // The guest init's own shell and tools, usable in any root (applets as relative symlinks).
+    const bb = path.join(stage, 'forkd', 'bin');
+    fs.mkdirSync(bb, { recursive: true });
+    fs.copyFileSync(BUSYBOX, path.join(bb, 'busybox'));
+    fs.chmodSync(path.join(bb, 'busybox'), 0o755);
+    for (const applet of busyboxApplets())
+      if (applet !== 'busybox') fs.symlinkSync('busybox', path.join(bb, applet));
     fs.writeFileSync(path.join(stage, 'forkd', 'package.json'), '{ "type": "module" }\n');
     fs.mkdirSync(path.dirname(out), { recursive: true });
     const tmp = `${out}.tmp-${process.pid}`;
@@ -75,6 +82,13 @@ export async function ensureInitramfs(
   } finally {
     fs.rmSync(stage, { recursive: true, force: true });
   }
+}
+
+function busyboxApplets(): string[] {
+  const r = spawnSync(BUSYBOX, ['--list'], { encoding: 'utf8' });
+  if (r.status !== 0)
+    throw new ForkdError('host_unsupported', `${BUSYBOX} --list failed`, 'run: forkd setup --yes');
+  return r.stdout.split('\n').filter((a) => /^[a-z0-9_.[-]+$/.test(a) && a !== '[' && a !== '[[');
 }
 
 /** newc cpio of a directory (via find | cpio), gzip-compressed in-process. */

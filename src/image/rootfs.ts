@@ -117,20 +117,7 @@ export async function ensureRootfs(recipe: Recipe, sizeMib: number, rep: Reporte
     addDefaultUser(tree);
     rep.step(`making ext4 image (${sizeMib} MiB, sparse)`);
     const img = path.join(staging, 'rootfs.ext4');
-    await runOk('mkfs.ext4', [
-      '-q',
-      '-F',
-      '-L',
-      'forkd-root',
-      '-m',
-      '0',
-      '-E',
-      'lazy_itable_init=0,lazy_journal_init=0',
-      '-d',
-      tree,
-      img,
-      `${sizeMib}M`,
-    ]);
+    await makeExt4(tree, img, sizeMib);
     fs.rmSync(tree, { recursive: true, force: true });
     const finalPath = path.join(dir, 'rootfs.ext4');
     const meta: RootfsImage = {
@@ -152,6 +139,24 @@ export async function ensureRootfs(recipe: Recipe, sizeMib: number, rep: Reporte
     fs.rmSync(staging, { recursive: true, force: true });
     throw e;
   }
+}
+
+/** An ext4 image of a tree (mkfs.ext4 -d keeps owners, modes, links, devices and xattrs; no mounts). */
+export async function makeExt4(tree: string, out: string, sizeMib: number): Promise<void> {
+  await runOk('mkfs.ext4', [
+    '-q',
+    '-F',
+    '-L',
+    'forkd-root',
+    '-m',
+    '0',
+    '-E',
+    'lazy_itable_init=0,lazy_journal_init=0',
+    '-d',
+    tree,
+    out,
+    `${sizeMib}M`,
+  ]);
 }
 
 /**

@@ -12,7 +12,7 @@ import { forkdVersion } from '../util/project.js';
 import { onInterrupt } from '../util/teardown.js';
 import { ms as fmtMs } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
-import { buildImage, type GuestImage } from '../image/build.js';
+import { buildImage, buildImageFromOci, type GuestImage } from '../image/build.js';
 import { probeAccel, type AccelProbe } from '../host/accel.js';
 import { hostCpu } from '../host/cpu.js';
 import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
@@ -33,7 +33,11 @@ import { randomBytes } from 'node:crypto';
 export interface CreateSnapshotOptions {
   tag: string;
   recipe?: string;
+  /** An OCI/Docker image reference instead of a recipe (`--image`): its root filesystem + our agent. */
+  image?: string;
   extras?: string[];
+  /** Root disk size for an image guest (default: what the image needs plus room). */
+  sizeMib?: number;
   /** Explicit guest parts instead of a recipe's image. */
   kernel?: string;
   initrd?: string;
@@ -119,7 +123,15 @@ export async function createSnapshot(
 
   // Guest parts: explicit files win over the recipe's image.
   let image: GuestImage | undefined;
-  if (!opts.kernel || !opts.initrd || !opts.rootfs)
+  if (opts.image && opts.rootfs)
+    throw new ForkdError('bad_input', '--image and --rootfs both name a root filesystem', 'pass one of them');
+  if (opts.image)
+    image = await buildImageFromOci(
+      opts.image,
+      { extras: opts.extras ?? [], ...(opts.sizeMib ? { sizeMib: opts.sizeMib } : {}) },
+      rep,
+    );
+  else if (!opts.kernel || !opts.initrd || !opts.rootfs)
     image = await buildImage({ recipe: opts.recipe ?? 'python-numpy', extras: opts.extras ?? [] }, rep);
   const kernel = opts.kernel ? requireFile(opts.kernel, 'kernel', '--kernel') : image!.kernel.vmlinux;
   const initrd = opts.initrd ? requireFile(opts.initrd, 'initramfs', '--initrd') : image!.initramfs.path;
@@ -280,6 +292,14 @@ export async function createSnapshot(
         node: ping.node_version,
         warmup: opts.warmup ?? null,
         warmup_eval: opts.warmupEval ?? null,
+        oci: image?.oci
+          ? {
+              source: image.oci.source,
+              manifest_digest: image.oci.manifest_digest,
+              config_digest: image.oci.config_digest,
+              ...image.oci.run,
+            }
+          : null,
       },
       files,
       origin: { kind: 'boot', sandbox_id: null, source_tag: null, mode: null, pause_ms: null },

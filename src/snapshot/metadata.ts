@@ -59,6 +59,19 @@ export const SnapshotMeta = z.object({
     node: z.string().nullable(),
     warmup: z.string().nullable(),
     warmup_eval: z.string().nullable().default(null),
+    /** A guest made from an OCI/Docker image: where it came from and how the image says to run it. */
+    oci: z
+      .object({
+        source: z.string(),
+        manifest_digest: z.string(),
+        config_digest: z.string(),
+        env: z.array(z.string()),
+        working_dir: z.string().nullable(),
+        user: z.string().nullable(),
+        entrypoint: z.array(z.string()).nullable(),
+        cmd: z.array(z.string()).nullable(),
+      })
+      .nullish(),
   }),
   files: z.object({
     vmstate: FileEntry,

@@ -40,7 +40,8 @@ export async function primeAgent(
       await agent.announce('forkd-parent');
       if (ping.python.ready) await agent.eval({ code: '1' });
       await agent.eval({ code: '1', language: 'js' });
-      await agent.exec({ argv: ['/bin/true'] });
+      // A shell builtin: an image may have no /bin/true (distroless), the shell is always there.
+      await agent.exec({ cmd: 'true' });
       const probe = '/tmp/.forkd-prime';
       await agent.writeFile(probe, Readable.from([Buffer.from('forkd')]));
       await agent.statFile(probe);

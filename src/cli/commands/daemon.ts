@@ -8,7 +8,7 @@ import { fail, intArg, out, printJson } from '../output.js';
 import { policyFromFlags, policyOptions, printPolicy, type PolicyFlags } from './network.js';
 
 /** Verbs that talk to the forkd-controller daemon over its REST API (through the SDK). */
-interface DaemonOpts {
+export interface DaemonOpts {
   daemonUrl?: string;
   daemonToken?: string;
   json?: boolean;
@@ -63,7 +63,7 @@ export function daemonError(e: unknown, url: string): ForkdError {
   return new ForkdError('internal', (e as Error).message);
 }
 
-function act<O extends DaemonOpts>(fn: (o: O, c: Controller, ...args: string[]) => Promise<void>) {
+export function act<O extends DaemonOpts>(fn: (o: O, c: Controller, ...args: string[]) => Promise<void>) {
   return async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
     const o = cmd.opts() as O;

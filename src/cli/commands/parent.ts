@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { buildImage, listImages } from '../../image/build.js';
+import { buildImage, buildImageFromOci, listImages } from '../../image/build.js';
 import { RECIPES } from '../../image/recipes.js';
 import { stderrReporter } from '../../util/report.js';
 import { bytes, table } from '../../util/format.js';
@@ -15,6 +15,10 @@ export function registerParent(program: Command): void {
     )
     .option('--recipe <name>', 'what goes in the guest (see: forkd parent recipes)', 'python-numpy')
     .option(
+      '--image <ref>',
+      'an OCI/Docker image instead of a recipe (registry ref, docker-archive:FILE, oci:DIR, ...)',
+    )
+    .option(
       '--extra <pkg>',
       'extra Debian package (repeatable)',
       (v: string, acc: string[]) => [...acc, v],
@@ -22,23 +26,29 @@ export function registerParent(program: Command): void {
     )
     .option('--size-mib <n>', 'root disk size the guest sees (sparse)', intArg('--size-mib'))
     .option('--json', 'machine-readable output')
-    .action(async (o: { recipe: string; extra: string[]; sizeMib?: number; json?: boolean }) => {
-      try {
-        const t0 = Date.now();
-        const img = await buildImage(
-          { recipe: o.recipe, extras: o.extra, ...(o.sizeMib ? { sizeMib: o.sizeMib } : {}) },
-          stderrReporter(),
-        );
-        if (o.json) return printJson(img);
-        out(`✓ guest image '${img.recipe}' ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-        out(`  kernel    ${img.kernel.release} (${img.kernel.package} ${img.kernel.version})`);
-        out(`  initramfs ${img.initramfs.path}`);
-        out(`  rootfs    ${img.rootfs.path} (${img.rootfs.sizeMib} MiB, ${img.rootfs.packages.join(' ')})`);
-        out(`  next: forkd snapshot --tag py --recipe ${img.recipe}`);
-      } catch (e) {
-        fail(e, Boolean(o.json));
-      }
-    });
+    .action(
+      async (o: { recipe: string; image?: string; extra: string[]; sizeMib?: number; json?: boolean }) => {
+        try {
+          const t0 = Date.now();
+          const sized = o.sizeMib ? { sizeMib: o.sizeMib } : {};
+          const img = o.image
+            ? await buildImageFromOci(o.image, { extras: o.extra, ...sized }, stderrReporter())
+            : await buildImage({ recipe: o.recipe, extras: o.extra, ...sized }, stderrReporter());
+          if (o.json) return printJson(img);
+          out(`✓ guest image '${img.recipe}' ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+          out(`  kernel    ${img.kernel.release} (${img.kernel.package} ${img.kernel.version})`);
+          out(`  initramfs ${img.initramfs.path}`);
+          out(`  rootfs    ${img.rootfs.path} (${img.rootfs.sizeMib} MiB, ${img.rootfs.packages.join(' ')})`);
+          out(
+            o.image
+              ? `  next: forkd snapshot --tag T --image ${o.image}`
+              : `  next: forkd snapshot --tag py --recipe ${img.recipe}`,
+          );
+        } catch (e) {
+          fail(e, Boolean(o.json));
+        }
+      },
+    );
 
   parent
     .command('recipes')

@@ -13,6 +13,8 @@ import { fail, intArg, numArg, out, printJson } from '../output.js';
 interface SnapshotOpts {
   tag: string;
   recipe: string;
+  image?: string;
+  sizeMib?: number;
   extra: string[];
   kernel?: string;
   initrd?: string;
@@ -75,9 +77,15 @@ export function registerSnapshot(program: Command): void {
     .option('--live', 'with --from-sandbox: background snapshot; the sandbox pauses only briefly')
     .option('--no-wait', 'with --from-sandbox: return while the snapshot is still being written')
     .option('--recipe <name>', 'guest image recipe (built if needed)', 'python-numpy')
+    .option('--image <ref>', 'an OCI/Docker image instead of a recipe (see forkd from-image)')
+    .option(
+      '--size-mib <n>',
+      'with --image: root disk size (default: what the image needs plus room)',
+      intArg('--size-mib'),
+    )
     .option(
       '--extra <pkg>',
-      'extra Debian package in the guest image (repeatable)',
+      "extra package in the guest image (repeatable; with --image: the image's apt-get or apk)",
       (v: string, a: string[]) => [...a, v],
       [] as string[],
     )
@@ -126,6 +134,8 @@ export function registerSnapshot(program: Command): void {
           {
             tag: o.tag,
             recipe: o.recipe,
+            ...(o.image ? { image: o.image } : {}),
+            ...(o.sizeMib ? { sizeMib: o.sizeMib } : {}),
             extras: o.extra,
             ...(o.kernel ? { kernel: o.kernel } : {}),
             ...(o.initrd ? { initrd: o.initrd } : {}),

@@ -1,12 +1,31 @@
 import { spawn } from 'node:child_process';
 import type { ExecEvent, ExecRequest } from '../../protocol/agent-api.js';
+import { loadImageDefaults, shellPath } from './image-config.js';
+import { lookupUser, type GuestUser } from './users.js';
+
+/** An image guest's own defaults (its Env, WorkingDir, User); empty in recipe guests. */
+export const IMAGE_DEFAULTS = loadImageDefaults();
 
 export const BASE_ENV: Record<string, string> = {
   PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
   HOME: '/root',
   LANG: 'C.UTF-8',
   TERM: 'dumb',
+  ...IMAGE_DEFAULTS.env,
 };
+
+/** The image's `User` (name, uid or uid:gid) as an account; root when unset or unknown. */
+function imageUser(): GuestUser | undefined {
+  const u = IMAGE_DEFAULTS.user;
+  if (!u) return undefined;
+  const [who, group] = u.split(':');
+  if (/^\d+$/.test(who!)) {
+    const uid = Number(who);
+    return { name: who!, uid, gid: group && /^\d+$/.test(group) ? Number(group) : uid, home: '/' };
+  }
+  return lookupUser(who);
+}
+const RUN_AS = imageUser();
 
 export function validateExec(req: ExecRequest): string | undefined {
   const hasArgv = Array.isArray(req.argv);
@@ -27,14 +46,20 @@ export function validateExec(req: ExecRequest): string | undefined {
  * kill the whole group, so grandchildren of a shell die too.
  */
 export function runExec(req: ExecRequest, emit: (ev: ExecEvent) => void, abort: AbortSignal): Promise<void> {
-  const argv = req.argv ?? ['/bin/sh', '-c', req.cmd!];
+  const argv = req.argv ?? [shellPath(), '-c', req.cmd!];
+  const cwd = req.cwd || IMAGE_DEFAULTS.working_dir || '/root';
   const t0 = performance.now();
   return new Promise((resolve) => {
     let child;
     try {
       child = spawn(argv[0]!, argv.slice(1), {
-        cwd: req.cwd || '/root',
-        env: { ...BASE_ENV, ...(req.env ?? {}) },
+        cwd,
+        env: {
+          ...BASE_ENV,
+          ...(RUN_AS && RUN_AS.uid !== 0 ? { HOME: RUN_AS.home } : {}),
+          ...(req.env ?? {}),
+        },
+        ...(RUN_AS && RUN_AS.uid !== 0 ? { uid: RUN_AS.uid, gid: RUN_AS.gid } : {}),
         detached: true,
         stdio: ['pipe', 'pipe', 'pipe'],
       });
@@ -76,8 +101,7 @@ export function runExec(req: ExecRequest, emit: (ev: ExecEvent) => void, abort: 
     };
     child.on('error', (e: NodeJS.ErrnoException) => {
       if (!settle()) return;
-      const what =
-        e.code === 'ENOENT' ? `${argv[0]}: not found (or cwd ${req.cwd || '/root'} missing)` : e.message;
+      const what = e.code === 'ENOENT' ? `${argv[0]}: not found (or cwd ${cwd} missing)` : e.message;
       emit({ type: 'error', error: what });
       resolve();
     });

@@ -203,7 +203,8 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
         delete r.id;
         return sendJson(stream, 200, r);
       } catch (e) {
-        return sendJson(stream, 503, { error: `python: ${(e as Error).message}` });
+        // No python3 in this guest is the caller's choice of language, not a passing failure.
+        return sendJson(stream, python.absent ? 400 : 503, { error: `python: ${(e as Error).message}` });
       }
     }
     case 'POST /v1/files/remove':

@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BASE_ENV } from './exec.js';
+import { python3Path } from './image-config.js';
 
 interface Waiter {
   resolve: (v: Record<string, unknown>) => void;
@@ -21,6 +21,8 @@ export class PythonWorker {
   private chain: Promise<unknown> = Promise.resolve();
   info: { ready: boolean; version?: string; numpy?: string | null; error?: string } = { ready: false };
   private readyWaiters: Array<() => void> = [];
+  /** This guest has no python3 at all: Python eval is refused at once, not after a wait. */
+  absent = false;
 
   constructor(
     private readonly log: (msg: string) => void,
@@ -30,11 +32,17 @@ export class PythonWorker {
   ) {}
 
   start(): void {
-    if (!fs.existsSync('/usr/bin/python3')) {
-      this.info = { ready: false, error: 'python3 is not installed in this guest' };
+    const python3 = python3Path();
+    if (!python3) {
+      this.absent = true;
+      this.info = {
+        ready: false,
+        error:
+          'python3 is not installed in this guest (Python eval needs an image with python3; JS eval works)',
+      };
       return;
     }
-    const proc = spawn('/usr/bin/python3', ['-u', this.script], {
+    const proc = spawn(python3, ['-u', this.script], {
       stdio: [
         'ignore',
         'inherit',
@@ -105,6 +113,7 @@ export class PythonWorker {
   /** Send one request; a timeout interrupts the running code with SIGINT (KeyboardInterrupt). */
   request(msg: Record<string, unknown>, timeoutMs = 0): Promise<Record<string, unknown>> {
     const task = async () => {
+      if (this.absent) throw new Error(this.info.error);
       if (!(await this.whenReady(30_000)) || !this.proc?.stdio[3])
         throw new Error(this.info.error ?? 'python worker is not ready');
       const id = this.nextId++;

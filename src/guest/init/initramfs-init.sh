@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # forkd initramfs /init: load the virtio + ext4 modules (Debian builds them as =m), mount the root disk,
-# put the forkd agent on a tmpfs at /opt/forkd and switch to the real root.
+# put the forkd agent (and a static busybox for its init) on a tmpfs at /opt/forkd and switch to the
+# real root.
 /bin/busybox mkdir -p /proc /sys /dev /newroot /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -28,4 +29,5 @@ cp -a /forkd/. /newroot/opt/forkd/
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
-exec switch_root /newroot /opt/forkd/init
+# The root's own /bin/sh may not exist (distroless) or be anything: our init runs on our busybox.
+exec switch_root /newroot /opt/forkd/bin/busybox sh /opt/forkd/init

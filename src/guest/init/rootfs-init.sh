@@ -1,9 +1,12 @@
-#!/bin/sh
-# forkd guest PID 1 setup (runs in the Debian root after switch_root): mounts, hostname, then the agent
-# under tini (which reaps orphans). The agent is restarted if it ever exits.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+#!/opt/forkd/bin/busybox sh
+# forkd guest PID 1 setup (runs in the guest's root after switch_root, on our own static busybox, so a
+# root without a shell or coreutils still boots): mounts, hostname, then the agent, restarted if it
+# ever exits. The agent runs on the root's own Node (recipe guests) or on the runtime forkd put into
+# an image's root (/opt/forkd-runtime: Node, its libraries and their loader, used by the agent alone).
+# The root's own tools come first in PATH; busybox applets fill the gaps.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/forkd/bin
 export HOME=/root LANG=C.UTF-8 UV_THREADPOOL_SIZE=8
-mkdir -p /dev/pts /dev/shm /run /tmp
+mkdir -p /dev/pts /dev/shm /run /tmp /root /etc
 mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
@@ -23,9 +26,19 @@ if [ -e /sys/class/net/eth0 ]; then
   echo 'nameserver 10.42.0.1' > /etc/resolv.conf
 fi
 cd /root
-exec /usr/bin/tini -s -- /bin/sh -c '
-  while :; do
-    /usr/bin/node --expose-gc /opt/forkd/src/guest/agent/main.js
-    echo "forkd-agent exited ($?); restarting" > /dev/console
+RT=/opt/forkd-runtime
+if [ -x $RT/node ]; then
+  AGENT="$RT/ld.so --library-path $RT/lib $RT/node"
+else
+  AGENT=/usr/bin/node
+fi
+LOOP="while :; do
+    $AGENT --expose-gc /opt/forkd/src/guest/agent/main.js
+    echo \"forkd-agent exited (\$?); restarting\" > /dev/console
     sleep 0.5
-  done'
+  done"
+# tini reaps orphans where the root has it; otherwise the busybox shell, as PID 1, reaps them itself.
+if [ -x /usr/bin/tini ]; then
+  exec /usr/bin/tini -s -- /opt/forkd/bin/busybox sh -c "$LOOP"
+fi
+exec /opt/forkd/bin/busybox sh -c "$LOOP"

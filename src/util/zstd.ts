@@ -53,7 +53,7 @@ export function zstdCompressTo(outFd: number, level = 3): ZstdProcess {
 }
 
 /** Decompress the open file `inFd`; read the plain bytes from `stdout`. */
-export function zstdDecompressFrom(inFd: number): ZstdProcess {
+export function zstdDecompressFrom(inFd: number, what = 'decompressing the pack'): ZstdProcess {
   // --long=31 accepts frames written with long-distance matching by other tools.
-  return start(['-q', '-d', '-c', '--long=31'], inFd, 'pipe', 'decompressing the pack');
+  return start(['-q', '-d', '-c', '--long=31'], inFd, 'pipe', what);
 }
