@@ -21,6 +21,8 @@ import {
   EmptySchema,
   WatchEventSchema,
   RemovedSchema,
+  MountedSchema,
+  UnmountedSchema,
 } from './replies.js';
 import { NdjsonStream } from './ndjson-stream.js';
 import { AgentWire } from './wire.js';
@@ -454,6 +456,15 @@ export class AgentClient {
 
   statFile(filePath: string): Promise<FileEntry> {
     return this.json(FileEntrySchema, 'GET', `/v1/files/stat?path=${encodeURIComponent(filePath)}`);
+  }
+
+  /** Mount the volume whose block device has `serial` at `dir` (snapshot/volumes.ts). */
+  mountVolume(serial: string, dir: string, readonly: boolean): Promise<{ device: string }> {
+    return this.json(MountedSchema, 'POST', '/v1/volumes/mount', { serial, path: dir, readonly });
+  }
+
+  unmountVolume(dir: string): Promise<{ unmounted: string }> {
+    return this.json(UnmountedSchema, 'POST', '/v1/volumes/unmount', { path: dir });
   }
 
   removeFile(filePath: string, recursive = false): Promise<{ removed: string }> {

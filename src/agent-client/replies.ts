@@ -92,6 +92,8 @@ export const FileEntrySchema = z.looseObject({
 
 export const FileListSchema = z.looseObject({ entries: z.array(FileEntrySchema) });
 export const RemovedSchema = z.looseObject({ removed: z.string() });
+export const MountedSchema = z.looseObject({ device: z.string() });
+export const UnmountedSchema = z.looseObject({ unmounted: z.string() });
 export const AgentErrorBodySchema = z.looseObject({ error: z.string(), code: z.string().optional() });
 
 /** The first problem of a failed parse, short enough for an error message (never the whole reply). */

@@ -98,6 +98,12 @@ export class BranchManager {
     if (snapshotExists(tag) || fs.existsSync(snapshotDir(tag)))
       throw new ForkdError('exists', `snapshot '${tag}' already exists; DELETE it first`);
     const live = this.sandboxes.get(id);
+    if (snapshotExists(live.rec.snapshot_tag) && loadSnapshot(live.rec.snapshot_tag).meta.volumes?.length)
+      throw new ForkdError(
+        'bad_input',
+        `sandbox ${id} has volumes mounted (from snapshot '${live.rec.snapshot_tag}'); a branch would capture them half-written`,
+        'branch sandboxes of snapshots without volumes',
+      );
     if (req.parent_tag !== undefined) {
       if (mode !== 'diff')
         throw new ForkdError('bad_input', '"parent_tag" is only meaningful with mode "diff"');

@@ -1,3 +1,4 @@
+import { checkOverrides } from '../engine/volumes.js';
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { ForkdError, errorMessage } from '../util/errors.js';
@@ -275,6 +276,7 @@ export class Controller {
       );
     const source = await this.sandboxes.resolveSnapshot(tag);
     preflight(req.n, source.s, runDir());
+    if (req.volumes?.length) checkOverrides(source.volumes, req.volumes, tag);
     const items: SpawnItem[] = new Array(req.n);
     let next = 0;
     const worker = async () => {

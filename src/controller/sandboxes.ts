@@ -1,3 +1,4 @@
+import type { VolumeSpec } from '../snapshot/volumes.js';
 import path from 'node:path';
 import { ForkdError, errorMessage } from '../util/errors.js';
 import { pidStartTime, sameProcessAlive } from '../util/proc.js';
@@ -42,6 +43,8 @@ export interface SpawnOptions {
   metadata: Record<string, string>;
   workspace?: string | null;
   template_id?: string | null;
+  /** Other files for the snapshot's volumes (engine/volumes.ts), checked by the route. */
+  volumes?: VolumeSpec[] | undefined;
 }
 
 export type SpawnTimings = ChildTimings;
@@ -61,14 +64,14 @@ export interface LiveSandbox {
  * to test the manager's bookkeeping without VMs.
  */
 export interface SandboxEngine {
-  prepare(source: ChildSource): Promise<PreparedChild>;
+  prepare(source: ChildSource, volumes?: VolumeSpec[]): Promise<PreparedChild>;
   start(p: PreparedChild, opts: StartOptions): Promise<Child>;
   adopt(res: ChildResources, info: Parameters<typeof adoptChild>[1]): Promise<Child>;
   release(res: ChildResources): Promise<void>;
 }
 
 const childEngine: SandboxEngine = {
-  prepare: (source) => prepareSandbox(source),
+  prepare: (source, volumes) => prepareSandbox(source, undefined, volumes),
   start: startChild,
   adopt: adoptChild,
   release: releaseChild,
@@ -173,9 +176,10 @@ export class SandboxManager {
   ): Promise<{ rec: SandboxRecord; timings: SpawnTimings; identity: IdentityResult }> {
     const t0 = performance.now();
     const s = source.s;
-    let prepared = this.pool.take(source);
+    // A sandbox with its own volume files is prepared for it: pooled children have the snapshot's.
+    let prepared = opts.volumes?.length ? undefined : this.pool.take(source);
     const fromPool = prepared !== undefined;
-    if (!prepared) prepared = await this.engine.prepare(source);
+    if (!prepared) prepared = await this.engine.prepare(source, opts.volumes);
     const network = effectiveNetwork(s.meta.network, opts);
     let netIndex: number | undefined;
     if (network.netns) netIndex = this.allocNetIndex();

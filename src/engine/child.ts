@@ -29,6 +29,14 @@ import {
   resolveChain,
 } from '../snapshot/assemble.js';
 import { readChildRecord, writeChildRecord as writeRecord, type ChildResources } from '../host/records.js';
+import {
+  childVolumes,
+  releaseWriterLocks,
+  sourceVolumes,
+  type SourceVolume,
+  type VolumeMount,
+} from './volumes.js';
+import type { VolumeSpec } from '../snapshot/volumes.js';
 
 export { readChildRecord, type ChildResources };
 
@@ -70,6 +78,8 @@ export interface ChildSource {
   overlayTemplate: string;
   /** which snapshot content it is (a re-created tag must not get an old prepared child) */
   key: string;
+  /** The snapshot's volumes (each child stacks its own layer or lock on them). */
+  volumes: SourceVolume[];
 }
 
 /** Children per request (CLI `-n`, REST `n`). */
@@ -148,6 +158,7 @@ export async function resolveSource(
     diskImage: disk,
     overlayTemplate: await overlayTemplate(s, disk),
     key: snapshotKey(s),
+    volumes: sourceVolumes(s),
   };
 }
 
@@ -192,6 +203,7 @@ export async function releaseChild(res: ChildResources): Promise<void> {
   // A tap moved into the namespace went with it; one still in the host namespace is removed here.
   if (res.tap) await deleteLink(res.tap);
   if (res.cgroup) await removeCgroup(res.cgroup);
+  if (res.volume_locks) releaseWriterLocks(res.volume_locks, res.work_dir);
   // The VMM's jail (uid lease, cgroup): freed when its QEMU exits, unless this process never saw it.
   const jail = readJailRecord(res.work_dir);
   if (jail) await releaseJail(jail);
@@ -204,6 +216,8 @@ export interface PreparedChild {
   res: ChildResources;
   disk: string;
   pending: PendingRestore;
+  /** Volumes the guest mounts once it runs. */
+  mounts: VolumeMount[];
   /** A firmware guest's signal channel, connected ahead (it must be before `cont`). */
   signal?: SignalChannel;
 }
@@ -214,7 +228,7 @@ const vmm: Vmm<QemuVm> = new QemuVmm();
 /** Step 1: dir, overlay, tap, QEMU with its device state loaded, paused. On failure everything taken is freed. */
 export async function prepareChild(
   source: ChildSource,
-  opts: { id: string; workDir: string; name?: string },
+  opts: { id: string; workDir: string; name?: string; volumes?: VolumeSpec[] | undefined },
 ): Promise<PreparedChild> {
   const res: ChildResources = {
     id: opts.id,
@@ -230,6 +244,15 @@ export async function prepareChild(
   try {
     fs.copyFileSync(source.overlayTemplate, disk);
     fs.chmodSync(disk, 0o600); // the template is read-only; the child writes its copy
+    const locks: string[] = [];
+    res.volume_locks = locks;
+    const { drives, mounts } = await childVolumes(
+      source.volumes,
+      opts.volumes ?? [],
+      res.work_dir,
+      source.s.tag,
+      locks,
+    ).finally(() => writeRecord(res));
     if (source.machine.net === 'virtio') {
       res.tap = tapName(res.id);
       writeRecord(res);
@@ -242,16 +265,18 @@ export async function prepareChild(
       memoryFile: source.memoryFile,
       vmstateFile: path.join(source.s.dir, source.s.meta.files.vmstate.path),
       disk,
+      ...(drives.length ? { volumes: drives } : {}),
       name: opts.name ?? `forkd-${res.id}`,
       ...(res.tap ? { tap: res.tap } : {}),
     });
-    if (!source.machine.firmware) return { source, res, disk, pending };
+    if (!source.machine.firmware) return { source, res, disk, pending, mounts };
     try {
       return {
         source,
         res,
         disk,
         pending,
+        mounts,
         signal: await SignalChannel.connect(pending.vm.paths.signalSocket),
       };
     } catch (e) {
@@ -349,10 +374,24 @@ export async function startChild(p: PreparedChild, opts: StartOptions = {}): Pro
       throw e;
     }
     const tId = performance.now();
+    const session = new GuestSession(
+      sockets,
+      first instanceof PythonPort ? { python: first } : { agent: first },
+    );
+    try {
+      for (const m of p.mounts) await (await session.agent()).mountVolume(m.serial, m.path, m.readonly);
+    } catch (e) {
+      session.close();
+      throw new ForkdError(
+        'agent_failed',
+        `mounting the volumes of ${res.id}: ${(e as Error).message}`,
+        'check the volume files are ext4 images (e2fsck -n FILE)',
+      );
+    }
     return new Child(
       res,
       vm,
-      new GuestSession(sockets, first instanceof PythonPort ? { python: first } : { agent: first }),
+      session,
       identity,
       childTimings(timings, opts, { agentMs: tAgent - tAgent0, identityMs: tId - tAgent, readyMs: tId - t0 }),
       p.disk,

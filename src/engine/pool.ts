@@ -1,3 +1,4 @@
+import type { VolumeSpec } from '../snapshot/volumes.js';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { runDir } from '../util/paths.js';
@@ -25,8 +26,12 @@ export function sandboxDir(id: string): string {
 }
 
 /** Prepare a daemon sandbox: its id and work dir follow the daemon's naming. */
-export function prepareSandbox(source: ChildSource, id = newSandboxId()): Promise<Prepared> {
-  return prepareChild(source, { id, workDir: sandboxDir(id) });
+export function prepareSandbox(
+  source: ChildSource,
+  id = newSandboxId(),
+  volumes?: VolumeSpec[],
+): Promise<Prepared> {
+  return prepareChild(source, { id, workDir: sandboxDir(id), ...(volumes?.length ? { volumes } : {}) });
 }
 
 export interface PoolOptions {

@@ -16,7 +16,12 @@ export interface ChildResources {
   netns: string | null;
   net_index: number | null;
   cgroup: string | null;
+  /** Single-writer locks it holds on `:shared` volume files (engine/volumes.ts). */
+  volume_locks?: string[];
 }
+
+/** A `:shared` volume's single-writer lock is this file next to it, holding the writer's work dir. */
+export const WRITER_LOCK_SUFFIX = '.forkd-writer';
 
 export function writeChildRecord(res: ChildResources): void {
   const tmp = path.join(res.work_dir, `${CHILD_RECORD}.tmp`);
@@ -35,6 +40,13 @@ export function readChildRecord(dir: string): ChildResources | undefined {
       netns: typeof r.netns === 'string' ? r.netns : null,
       net_index: typeof r.net_index === 'number' ? r.net_index : null,
       cgroup: typeof r.cgroup === 'string' ? r.cgroup : null,
+      ...(Array.isArray(r.volume_locks)
+        ? {
+            volume_locks: r.volume_locks.filter(
+              (l): l is string => typeof l === 'string' && l.endsWith(WRITER_LOCK_SUFFIX),
+            ),
+          }
+        : {}),
     };
   } catch {
     return undefined;

@@ -122,6 +122,12 @@ export async function packSnapshot(opts: PackOptions, rep: Reporter): Promise<Pa
   const t0 = performance.now();
   const tag = validateTag(opts.tag);
   const head = loadSnapshot(tag);
+  if (head.meta.volumes?.length)
+    throw new ForkdError(
+      'bad_input',
+      `snapshot '${tag}' has volumes (${head.meta.volumes.map((v) => v.guest_path).join(', ')}): host files a pack cannot carry`,
+      'pack a snapshot made without --volume',
+    );
   const chain = resolveChain(head);
   const out = path.resolve(opts.out ?? defaultPackPath(tag));
   if (fs.existsSync(out) && !opts.force)

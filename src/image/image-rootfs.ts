@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { cacheDir } from '../util/paths.js';
-import { run } from '../util/proc.js';
 import { ForkdError } from '../util/errors.js';
 import { diskUsage, freeBytes } from '../util/fs.js';
 import { sha256File } from '../util/hash.js';
@@ -11,6 +10,7 @@ import { applyLayer } from './oci/apply-layer.js';
 import { runConfigOf, type ImageRunConfig, type ResolvedImage } from './oci/manifest.js';
 import { RUNTIME_DIR, installRuntime, runtimeFiles, runtimeKey } from './agent-runtime.js';
 import { loadRootfs, makeExt4, type RootfsImage } from './rootfs.js';
+import { installPackages } from './chroot-install.js';
 
 const IMAGE_ROOTFS_FORMAT = 'image-rootfs-v1';
 /** What the agent reads at start for the image's defaults (Env, WorkingDir, User). */
@@ -105,7 +105,7 @@ export async function ensureImageRootfs(
     timings.unpack_ms = performance.now() - t;
     if (extras.length) {
       t = performance.now();
-      await installExtras(tree, extras, rep);
+      await installPackages(tree, extras, rep);
       timings.extras_ms = performance.now() - t;
     }
     const run = runConfigOf(img.config);
@@ -158,47 +158,5 @@ export async function ensureImageRootfs(
   } catch (e) {
     fs.rmSync(staging, { recursive: true, force: true });
     throw e;
-  }
-}
-
-/** `--extra`: the image's own package manager, run chrooted into the tree with the host's resolver. */
-async function installExtras(tree: string, extras: string[], rep: Reporter): Promise<void> {
-  const has = (p: string) => fs.existsSync(path.join(tree, p));
-  let script: string;
-  if (has('usr/bin/apt-get'))
-    script = `apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${extras.join(' ')} && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb`;
-  else if (has('sbin/apk')) script = `apk add --no-cache --progress ${extras.join(' ')}`;
-  else
-    throw new ForkdError(
-      'bad_input',
-      'this image has no package manager forkd knows (apt-get or apk), so --extra cannot install into it',
-      'build an image that already contains the packages, or use a Debian/Ubuntu/Alpine based image',
-    );
-  if (!has('bin/sh'))
-    throw new ForkdError('bad_input', 'the image has no /bin/sh to run its package manager', 'drop --extra');
-  rep.step(`installing ${extras.join(', ')} with the image's package manager`);
-  const resolv = path.join(tree, 'etc', 'resolv.conf');
-  const saved = fs.lstatSync(resolv, { throwIfNoEntry: false }) ? fs.readFileSync(resolv, 'utf8') : null;
-  fs.rmSync(resolv, { force: true });
-  fs.copyFileSync('/etc/resolv.conf', resolv);
-  let lines = 0;
-  try {
-    const r = await run('chroot', [tree, '/bin/sh', '-c', script], {
-      env: {
-        PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-        HOME: '/root',
-        LANG: 'C.UTF-8',
-      },
-      onLine: () => rep.progress('installing packages', ++lines),
-    });
-    if (r.code !== 0)
-      throw new ForkdError(
-        'bad_input',
-        `installing ${extras.join(', ')} failed (exit ${r.code}):\n${(r.stdout + r.stderr).trim().split('\n').slice(-10).join('\n')}`,
-        "check the package names for this image's distribution",
-      );
-  } finally {
-    fs.rmSync(resolv, { force: true });
-    if (saved !== null) fs.writeFileSync(resolv, saved);
   }
 }

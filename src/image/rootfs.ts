@@ -8,6 +8,7 @@ import { freeBytes } from '../util/fs.js';
 import { sha256File } from '../util/hash.js';
 import type { Reporter } from '../util/report.js';
 import type { Recipe } from './recipes.js';
+import { installPackages } from './chroot-install.js';
 
 export const SUITE = 'bookworm';
 const ROOTFS_FORMAT = 'rootfs-v2';
@@ -45,6 +46,7 @@ export function rootfsKey(recipe: Recipe, sizeMib: number, mirror: string): stri
     suite: SUITE,
     variant: 'minbase',
     packages: [...recipe.packages].sort(),
+    ...(recipe.aptPackages?.length ? { apt: [...recipe.aptPackages].sort() } : {}),
     sizeMib,
     mirror,
   });
@@ -113,6 +115,7 @@ export async function ensureRootfs(recipe: Recipe, sizeMib: number, rep: Reporte
       );
     }
     rep.info(`debootstrap done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    if (recipe.aptPackages?.length) await installPackages(tree, recipe.aptPackages, rep);
     trimTree(tree);
     addDefaultUser(tree);
     rep.step(`making ext4 image (${sizeMib} MiB, sparse)`);

@@ -54,6 +54,8 @@ export interface SpawnOptions {
   timeout?: number;
   envs?: Record<string, string>;
   metadata?: Record<string, string>;
+  /** Other host files for the snapshot's volumes: "HOST:GUEST[:ro|:shared]". */
+  volumes?: string[];
 }
 
 export interface ExecOptions {
@@ -241,6 +243,7 @@ export class Controller {
         timeout: o.timeout,
         envs: o.envs,
         metadata: o.metadata,
+        volumes: o.volumes,
       },
     });
   }

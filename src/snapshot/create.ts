@@ -13,6 +13,7 @@ import { onInterrupt } from '../util/teardown.js';
 import { ms as fmtMs } from '../util/format.js';
 import type { Reporter } from '../util/report.js';
 import { buildImage, buildImageFromOci, type GuestImage } from '../image/build.js';
+import { getRecipe } from '../image/recipes.js';
 import { probeAccel, type AccelProbe } from '../host/accel.js';
 import { hostCpu } from '../host/cpu.js';
 import { QemuVmm, type QemuVm } from '../vmm/qemu.js';
@@ -25,6 +26,8 @@ import { primeAgent } from './prime.js';
 import { machineCpu } from '../host/kvm-cpu.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
+import { validateVolumes, volumeSerial, type VolumeMeta, type VolumeSpec } from './volumes.js';
+import type { VolumeDrive } from '../vmm/qemu-argv.js';
 import { snapshotDir, snapshotExists } from './store.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { jailEnabled } from '../vmm/jail.js';
@@ -60,6 +63,8 @@ export interface CreateSnapshotOptions {
   keepWorkdir?: boolean;
   /** Give the guest a virtio-net NIC (10.42.0.2/24); children then each get their own tap. */
   net?: boolean;
+  /** Volumes every sandbox mounts (snapshot/volumes.ts); mounted in the parent for its warm-up only. */
+  volumes?: VolumeSpec[];
 }
 
 export interface CreateSnapshotResult {
@@ -133,6 +138,9 @@ export async function createSnapshot(
     );
   else if (!opts.kernel || !opts.initrd || !opts.rootfs)
     image = await buildImage({ recipe: opts.recipe ?? 'python-numpy', extras: opts.extras ?? [] }, rep);
+  // A recipe's own warm-up (services it starts before the snapshot) unless --warmup replaces it.
+  const warmup =
+    opts.warmup ?? (image && !opts.image ? getRecipe(opts.recipe ?? 'python-numpy').warmup : undefined);
   const kernel = opts.kernel ? requireFile(opts.kernel, 'kernel', '--kernel') : image!.kernel.vmlinux;
   const initrd = opts.initrd ? requireFile(opts.initrd, 'initramfs', '--initrd') : image!.initramfs.path;
   const rootfs = opts.rootfs ? requireFile(opts.rootfs, 'root filesystem', '--rootfs') : image!.rootfs.path;
@@ -153,9 +161,18 @@ export async function createSnapshot(
       'free some space (forkd images, forkd rmi TAG) or set XDG_DATA_HOME to a larger disk',
     );
 
+  const volumes = validateVolumes(opts.volumes ?? []);
   const net = opts.net ? 'virtio' : 'none';
   const cpu = await machineCpu(accel.accel);
-  const machine: MachineConfig = { accel: accel.accel, vcpus, memMib, net, pythonPort: true, ...cpu };
+  const machine: MachineConfig = {
+    accel: accel.accel,
+    vcpus,
+    memMib,
+    net,
+    pythonPort: true,
+    ...cpu,
+    ...(volumes.length ? { volumes: volumes.length } : {}),
+  };
   // The parent's NIC needs a tap of the same kind the children will get; it is not connected anywhere.
   const parentTap = opts.net ? `fkp${randomBytes(4).toString('hex')}` : undefined;
   const vmm = new QemuVmm();
@@ -179,6 +196,21 @@ export async function createSnapshot(
     // A jailed QEMU makes its tap in its own network namespace (vmm/jail.ts).
     if (parentTap && !(await jailEnabled())) await createTap(parentTap);
     linkOrCopy(rootfs, path.join(staging, 'base.ext4'));
+    const volumeMeta: VolumeMeta[] = [];
+    const drives: VolumeDrive[] = [];
+    for (const [i, v] of volumes.entries()) {
+      const st = fs.statSync(v.host_path);
+      // A writable volume's parent writes go to the snapshot's own layer; children stack theirs on it.
+      const overlay = v.mode === 'cow' ? `vol-${i}.qcow2` : null;
+      if (overlay) await createOverlay(path.join(staging, overlay), v.host_path, 'raw');
+      volumeMeta.push({ ...v, bytes: st.size, mtime_ms: st.mtimeMs, overlay });
+      drives.push({
+        file: overlay ? path.join(staging, overlay) : v.host_path,
+        format: overlay ? 'qcow2' : 'raw',
+        readOnly: v.mode === 'ro',
+        serial: volumeSerial(i),
+      });
+    }
     rep.step(`booting parent for '${tag}' [${accel.accel}] (${memMib} MiB, ${vcpus} vCPU)`);
     // In reference-host time: the agent client stretches it to this host's measured speed.
     const bootTimeout = (opts.bootTimeoutSecs ?? (accel.accel === 'tcg' ? 180 : 60)) * 1000;
@@ -192,6 +224,7 @@ export async function createSnapshot(
         cmdline: GUEST_CMDLINE,
         memoryFile: path.join(staging, 'memory.bin'),
         disk: path.join(staging, 'disk.qcow2'),
+        ...(drives.length ? { volumes: drives } : {}),
         ...(parentTap ? { tap: parentTap } : {}),
       },
       {
@@ -211,9 +244,11 @@ export async function createSnapshot(
     rep.info(
       `warm: python ${ping.python.version ?? '-'}${ping.python.numpy ? ` + numpy ${ping.python.numpy}` : ''}, node ${ping.node_version} after ${fmtMs(timings.warm_ms)} [${accel.accel}]`,
     );
-    if (opts.warmup) {
-      rep.info(`warm-up: ${opts.warmup}`);
-      const r = await agent.exec({ cmd: opts.warmup, timeout_ms: (opts.warmupTimeoutSecs ?? 600) * 1000 });
+    for (const [i, v] of volumes.entries())
+      await agent.mountVolume(volumeSerial(i), v.guest_path, v.mode === 'ro');
+    if (warmup) {
+      rep.info(`warm-up: ${warmup.split('\n').join('; ')}`);
+      const r = await agent.exec({ cmd: warmup, timeout_ms: (opts.warmupTimeoutSecs ?? 600) * 1000 });
       timings.warmup_ms = r.duration_ms;
       if (r.exit_code !== 0)
         throw new ForkdError(
@@ -237,6 +272,8 @@ export async function createSnapshot(
           "fix the --warmup-eval code; it runs in the parent's Python interpreter",
         );
     }
+    // Each sandbox mounts its volumes after its restore: none may start with the parent's cached view.
+    for (const v of [...volumes].reverse()) await agent.unmountVolume(v.guest_path);
     if (bootWait > 0) await sleep(bootWait * 1000);
     agent.close();
     agent = undefined;
@@ -290,7 +327,7 @@ export async function createSnapshot(
         python: ping.python.version ?? null,
         numpy: ping.python.numpy ?? null,
         node: ping.node_version,
-        warmup: opts.warmup ?? null,
+        warmup: warmup ?? null,
         warmup_eval: opts.warmupEval ?? null,
         oci: image?.oci
           ? {
@@ -301,6 +338,7 @@ export async function createSnapshot(
             }
           : null,
       },
+      ...(volumeMeta.length ? { volumes: volumeMeta } : {}),
       files,
       origin: { kind: 'boot', sandbox_id: null, source_tag: null, mode: null, pause_ms: null },
       lineage: { parent_tag: null, parent_content_hash: null, depth: 0 },

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { EgressPolicySchema } from '../network/egress-policy.js';
+import { VolumeMetaSchema } from './volumes.js';
 
 /** snapshot.json: the on-disk description of one snapshot. Versioned; unknown versions are refused. */
 export const SNAPSHOT_FORMAT = 'forkd-snapshot';
@@ -73,6 +74,8 @@ export const SnapshotMeta = z.object({
       })
       .nullish(),
   }),
+  /** Volumes every sandbox of this snapshot mounts (volumes.ts); absent: none. */
+  volumes: z.array(VolumeMetaSchema).max(24).optional(),
   files: z.object({
     vmstate: FileEntry,
     /**

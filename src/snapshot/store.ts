@@ -33,6 +33,7 @@ export function machineOf(s: LoadedSnapshot): MachineConfig {
     ...(m.firmware ? { firmware: path.join(s.dir, m.firmware) } : {}),
     ...(m.python_port ? { pythonPort: true } : {}),
     ...(m.cpu ? { cpu: m.cpu } : {}),
+    ...(s.meta.volumes?.length ? { volumes: s.meta.volumes.length } : {}),
   };
 }
 

@@ -17,6 +17,17 @@ export interface QemuPaths {
   tap?: string | undefined;
   /** Where a firmware guest's debug-port bytes come out (machine.firmware). */
   signalSocket: string;
+  /** Volume drives after the root disk, as many as machine.volumes. */
+  volumes?: VolumeDrive[] | undefined;
+}
+
+/** One volume's block device: the file this VMM opens for it. */
+export interface VolumeDrive {
+  file: string;
+  format: 'raw' | 'qcow2';
+  readOnly: boolean;
+  /** What the guest reads as the device's serial (how the agent finds it). */
+  serial: string;
 }
 
 /** The I/O port a firmware guest writes its signal bytes to (QEMU's isa-debugcon). */
@@ -90,6 +101,7 @@ export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): str
     `file=${escapeOpt(p.disk)},if=none,id=root,format=qcow2,discard=unmap`,
     '-device',
     'virtio-blk-device,drive=root',
+    ...volumeArgs(m, p),
     '-device',
     'virtio-serial-device',
     '-chardev',
@@ -100,6 +112,18 @@ export function machineArgs(m: MachineConfig, p: QemuPaths, share: boolean): str
     ...netArgs(m, p),
     ...firmwareArgs(m, p),
   ];
+}
+
+function volumeArgs(m: MachineConfig, p: QemuPaths): string[] {
+  const drives = p.volumes ?? [];
+  if (drives.length !== (m.volumes ?? 0))
+    throw new Error(`the machine has ${m.volumes ?? 0} volume slots but ${drives.length} drives were given`);
+  return drives.flatMap((d, i) => [
+    '-drive',
+    `file=${escapeOpt(d.file)},if=none,id=vol${i},format=${d.format},readonly=${d.readOnly ? 'on' : 'off'}`,
+    '-device',
+    `virtio-blk-device,drive=vol${i},serial=${d.serial}`,
+  ]);
 }
 
 function pythonPortArgs(m: MachineConfig, p: QemuPaths): string[] {

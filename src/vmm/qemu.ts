@@ -276,12 +276,21 @@ export class QemuVmm implements Vmm<QemuVm> {
             lease,
             name: `vmm-${lease.uid}`,
             vmDir: vmDir(workDir),
-            writable: [...opts.writable, paths.disk].filter((f, i, a) => a.indexOf(f) === i),
+            writable: [
+              ...opts.writable,
+              paths.disk,
+              ...(paths.volumes ?? []).filter((v) => !v.readOnly).map((v) => v.file),
+            ].filter((f, i, a) => a.indexOf(f) === i),
             shared: opts.shared ?? [],
             readable: [
               ...(opts.readable ?? []),
               ...(opts.machine.firmware ? [opts.machine.firmware] : []),
               ...backingChain(paths.disk),
+              // Volumes: a read-only file, and the layers below a volume's own overlay.
+              ...(paths.volumes ?? []).flatMap((v) => [
+                ...(v.readOnly ? [v.file] : []),
+                ...(v.format === 'qcow2' ? backingChain(v.file) : []),
+              ]),
             ].filter((f) => f !== ''),
             kvm: opts.machine.accel === 'kvm',
             tap: paths.tap,
@@ -316,7 +325,11 @@ export class QemuVmm implements Vmm<QemuVm> {
   }
 
   async boot(spec: BootSpec): Promise<QemuVm> {
-    const paths = { ...workPaths(spec.workDir, spec.memoryFile, spec.disk), tap: spec.tap };
+    const paths = {
+      ...workPaths(spec.workDir, spec.memoryFile, spec.disk),
+      tap: spec.tap,
+      volumes: spec.volumes,
+    };
     const argv = [
       ...parentArgs(spec.machine, paths, spec.kernel, spec.initrd, spec.cmdline),
       '-name',
@@ -352,7 +365,11 @@ export class QemuVmm implements Vmm<QemuVm> {
    * still until `cont` (kvmclock and TCG's virtual clock alike), and the host sets its wall clock after.
    */
   async prestart(spec: RestoreSpec): Promise<PendingRestore> {
-    const paths = { ...workPaths(spec.workDir, spec.memoryFile, spec.disk), tap: spec.tap };
+    const paths = {
+      ...workPaths(spec.workDir, spec.memoryFile, spec.disk),
+      tap: spec.tap,
+      volumes: spec.volumes,
+    };
     const argv = [...childArgs(spec.machine, paths), '-name', spec.name];
     const t0 = performance.now();
     // The device state travels as an inherited fd (fd 3): no shell, no copy.
@@ -427,6 +444,12 @@ export class QemuVmm implements Vmm<QemuVm> {
     stream: string,
     tap?: string,
   ): Promise<QemuVm> {
+    if (machine.volumes)
+      throw new ForkdError(
+        'bad_input',
+        'a snapshot with volumes cannot be branched or compacted',
+        'make a snapshot without volumes for that, and attach the volumes to its sandboxes',
+      );
     const paths = { ...workPaths(workDir, memoryFile, disk), tap };
     const argv = [
       ...machineArgs(machine, paths, true),

@@ -1,3 +1,4 @@
+import type { VolumeDrive } from './qemu-argv.js';
 /**
  * The VMM boundary: everything the rest of forkd knows about a virtual machine monitor.
  * Only QEMU implements it today; another backend (Firecracker, cloud-hypervisor) would implement the same.
@@ -29,6 +30,8 @@ export interface MachineConfig {
   pythonPort?: boolean | undefined;
   /** KVM's `-cpu` model when not plain `host` (host/kvm-cpu.ts); part of what children must share. */
   cpu?: string | undefined;
+  /** Volume block devices after the root disk (each VM chooses its own files for them). */
+  volumes?: number | undefined;
 }
 
 export type NetMode = 'none' | 'virtio';
@@ -43,6 +46,7 @@ export interface BootSpec {
   memoryFile: string;
   /** Root disk (qcow2) the guest boots and writes on. */
   disk: string;
+  volumes?: VolumeDrive[];
   /** Host tap interface for the NIC (machine.net === 'virtio'). */
   tap?: string;
   /** false: start this VMM unjailed (only for forkd's own measurement guests; see vmm/jail.ts). */
@@ -58,6 +62,7 @@ export interface RestoreSpec {
   vmstateFile: string;
   /** The child's private qcow2 overlay over the snapshot's frozen disk layer. */
   disk: string;
+  volumes?: VolumeDrive[];
   name: string;
   /** Host tap interface for the NIC (machine.net === 'virtio'). */
   tap?: string;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import net from 'node:net';
 import { createHash } from 'node:crypto';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import tar from 'tar-stream';
 
 export interface LayerEntry {
@@ -324,4 +324,30 @@ export function busyboxLayer(extra: LayerEntry[] = []): Promise<Buffer> {
     { name: 'etc/group', data: 'root:x:0:\nnogroup:x:65534:\n' },
     ...extra,
   ]);
+}
+
+/**
+ * An ext4 root filesystem (a recipe's) as one uncompressed layer tarball: dumped without mounting
+ * (debugfs rdump), packed with owners and xattrs.
+ */
+export function layerFromExt4(rootfs: string, work: string): Buffer {
+  const tree = fs.mkdtempSync(path.join(work, 'tree-'));
+  const layerFile = `${tree}.tar`;
+  try {
+    execFileSync('debugfs', ['-R', `rdump / ${tree}`, rootfs], { stdio: 'ignore' });
+    execFileSync('tar', [
+      '--numeric-owner',
+      '--xattrs',
+      '--exclude=./lost+found',
+      '-C',
+      tree,
+      '-cf',
+      layerFile,
+      '.',
+    ]);
+    return fs.readFileSync(layerFile);
+  } finally {
+    fs.rmSync(tree, { recursive: true, force: true });
+    fs.rmSync(layerFile, { force: true });
+  }
 }

@@ -85,6 +85,7 @@ class FakeEngine implements SandboxEngine {
       res: { id, work_dir: dir, tap: `fk${id.slice(3, 15)}`, netns: null, net_index: null, cgroup: null },
       disk: path.join(dir, 'disk.qcow2'),
       pending: { vm: fakeVm(this.sleeper(), g.socketPath), spawnMs: 1, loadMs: 1 },
+      mounts: [],
     };
   }
 

@@ -356,13 +356,36 @@ describe('controller daemon on real VMs', { timeout: 30 * 60_000 }, () => {
     await c.deleteSnapshot('sdk-branch');
   });
 
-  it('CLI: spawn, ls and kill through the daemon', async () => {
+  it('CLI: spawn, ls, exec, eval, ping and kill through the daemon', async () => {
     const env = { FORKD_URL: daemon.url };
     const sp = await cli(['spawn', '--tag', TAG, '-n', '1', '--json'], { env });
     assert.equal(sp.code, 0, sp.stderr);
     const [r] = JSON.parse(sp.stdout) as SpawnResult[];
     const ls = await cli(['ls', '--json'], { env });
     assert.ok((JSON.parse(ls.stdout) as Array<{ id: string }>).some((s) => s.id === r!.id));
+    // exec streams and exits with the command's code; --json buffers.
+    const ex = await cli(['exec', r!.id!, '--', 'sh', '-c', 'echo out; echo err >&2; exit 3'], { env });
+    assert.deepEqual([ex.code, ex.stdout, ex.stderr], [3, 'out\n', 'err\n']);
+    const exj = await cli(['exec', r!.id!, '--json', '--env', 'X=y z', '--', 'sh', '-c', 'echo "$X"'], {
+      env,
+    });
+    assert.equal(exj.code, 0, exj.stderr);
+    assert.equal((JSON.parse(exj.stdout) as { stdout: string }).stdout, 'y z\n');
+    const missing = await cli(['exec', r!.id!, '--', '/no/such/program'], { env });
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /\/no\/such\/program: not found/);
+    const ev = await cli(['eval', r!.id!, 'sum(range(5))'], { env });
+    assert.deepEqual([ev.code, ev.stdout], [0, '10\n']);
+    const evErr = await cli(['eval', r!.id!, '1/0'], { env });
+    assert.equal(evErr.code, 1);
+    assert.match(evErr.stderr, /ZeroDivisionError/);
+    const evJs = await cli(['eval', r!.id!, '--lang', 'js', '--json', '6 * 7'], { env });
+    assert.equal((JSON.parse(evJs.stdout) as { result: string }).result, '42');
+    const ping = await cli(['ping', r!.id!, '--json'], { env });
+    assert.equal(ping.code, 0, ping.stderr);
+    assert.match(String((JSON.parse(ping.stdout) as { node_version: string }).node_version), /^v\d+/);
+    const gone = await cli(['ping', 'sb-0000000000000000'], { env });
+    assert.notEqual(gone.code, 0);
     const k = await cli(['kill', '--tag', TAG, '--json'], { env });
     assert.equal(k.code, 0, k.stderr);
     assert.deepEqual(JSON.parse(k.stdout), [{ id: r!.id, ok: true }]);

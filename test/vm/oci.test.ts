@@ -9,12 +9,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { cli, isolatedDirs } from '../helpers/env.js';
 import { buildImage } from '../../src/image/build.js';
 import { silentReporter } from '../../src/util/report.js';
 import {
   busyboxLayer,
+  layerFromExt4,
   dockerArchive,
   imageOf,
   pushImage,
@@ -116,12 +116,18 @@ describe('guests from OCI images on real VMs', { timeout: 30 * 60_000 }, () => {
 
   it('`run --image` from a docker save tarball and an OCI layout leaves nothing behind', async () => {
     const layer = await busyboxLayer([{ name: 'etc/motd', data: 'from a tarball\n' }]);
-    const img = imageOf([{ tar: layer, compression: 'none' }], { Entrypoint: ['cat'], Cmd: ['/etc/motd'] });
+    const img = imageOf([{ tar: layer, compression: 'none' }], {
+      Entrypoint: ['cat'],
+      Cmd: ['/etc/motd'],
+      User: '65534',
+    });
     const tarball = path.join(work, 'bb.tar');
     fs.writeFileSync(tarball, await dockerArchive(img, [layer]));
     const a = await cli(['run', '--image', `docker-archive:${tarball}`]);
     assert.equal(a.code, 0, a.stderr);
     assert.equal(a.stdout, 'from a tarball\n');
+    const who = await cli(['run', '--image', `docker-archive:${tarball}`, '--', 'id', '-u']);
+    assert.equal(who.stdout, '65534\n', "the image's User runs its commands");
     const layout = path.join(work, 'layout');
     writeOciLayout(
       layout,
@@ -139,28 +145,13 @@ describe('guests from OCI images on real VMs', { timeout: 30 * 60_000 }, () => {
     );
   });
 
-  it('a Debian image (the recipe root as one layer) from the registry: Python eval works, children are isolated', async () => {
+  it('a Debian image (the recipe root as one layer) from the registry, --extra from apt: Python eval works, children are isolated', async () => {
     const recipe = await buildImage({ recipe: 'python-numpy' }, silentReporter);
-    const tree = path.join(work, 'debian');
-    fs.mkdirSync(tree);
-    execFileSync('debugfs', ['-R', `rdump / ${tree}`, recipe.rootfs.path], { stdio: 'ignore' });
-    const layerFile = path.join(work, 'debian.tar');
-    execFileSync('tar', [
-      '--numeric-owner',
-      '--xattrs',
-      '--exclude=./lost+found',
-      '-C',
-      tree,
-      '-cf',
-      layerFile,
-      '.',
-    ]);
-    fs.rmSync(tree, { recursive: true, force: true });
-    const raw = fs.readFileSync(layerFile);
+    const raw = layerFromExt4(recipe.rootfs.path, work);
     const img = imageOf([{ tar: raw, compression: 'none' }], { Env: ['FROM_IMAGE=debian'] });
     await pushImage(reg.host, 'test/debian', 'bookworm', img);
     const made = json<{ snapshot: { guest: { python: string | null; numpy: string | null } } }>(
-      await cli(['from-image', `${reg.host}/test/debian:bookworm`, '--tag', 'deb', '--json']),
+      await cli(['from-image', `${reg.host}/test/debian:bookworm`, '--tag', 'deb', '--extra', 'jq', '--json']),
     );
     assert.ok(made.snapshot.guest.python, 'python3 found in the image');
     const f = json<ForkJson & { children: Array<{ eval?: { ok: boolean; result: string } }> }>(
@@ -171,7 +162,7 @@ describe('guests from OCI images on real VMs', { timeout: 30 * 60_000 }, () => {
         '-n',
         '2',
         '--exec',
-        'echo $FROM_IMAGE; cat /etc/debian_version; touch /root/c-$(hostname); ls /root',
+        'echo $FROM_IMAGE; cat /etc/debian_version; echo \'{"a":1}\' | jq -c .a >&2; touch /root/c-$(hostname); ls /root',
         '--eval',
         'import numpy; int(numpy.arange(4).sum())',
         '--json',
@@ -188,6 +179,7 @@ describe('guests from OCI images on real VMs', { timeout: 30 * 60_000 }, () => {
         "a sibling's file is not visible",
       );
       assert.equal(c.eval?.result, '6');
+      assert.equal(c.exec!.stderr, '1\n', 'jq came from --extra');
     }
   });
 });

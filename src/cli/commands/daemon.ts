@@ -1,3 +1,5 @@
+import path from 'node:path';
+import { parseVolume } from '../../snapshot/volumes.js';
 import type { Command } from 'commander';
 import { ForkdError } from '../../util/errors.js';
 import { median, ms, table } from '../../util/format.js';
@@ -89,6 +91,14 @@ function sandboxRows(list: SandboxInfo[]): string[][] {
   ]);
 }
 
+/** `HOST:GUEST[:MODE]` with HOST made absolute (checked again by the daemon). */
+function absoluteVolume(v: string): string {
+  const spec = parseVolume(v);
+  return [path.resolve(spec.host_path), spec.guest_path, ...(spec.mode === 'cow' ? [] : [spec.mode])].join(
+    ':',
+  );
+}
+
 export function registerDaemon(program: Command): void {
   daemonOptions(
     policyOptions(
@@ -117,6 +127,11 @@ export function registerDaemon(program: Command): void {
       .option('--no-netns', "no network, even if the snapshot's source had one")
       .option('--memory-limit-mib <mib>', 'memory limit per sandbox (cgroup)', intArg('--memory-limit-mib'))
       .option('--timeout <secs>', 'kill each sandbox after this many seconds', intArg('--timeout'))
+      .option(
+        '--volume <HOST:GUEST[:ro|:shared]>',
+        "another file for one of the snapshot's volumes (repeatable; same size as the snapshot's)",
+        (v: string, a: string[] = []) => [...a, v],
+      )
       .option('--json', 'machine-readable output'),
   ).action(
     act<
@@ -128,6 +143,7 @@ export function registerDaemon(program: Command): void {
           netns?: boolean;
           memoryLimitMib?: number;
           timeout?: number;
+          volume?: string[];
         }
     >(async (o, c) => {
       const network = policyFromFlags(o);
@@ -139,6 +155,8 @@ export function registerDaemon(program: Command): void {
         ...(network ? { network } : {}),
         ...(o.memoryLimitMib ? { memoryLimitMib: o.memoryLimitMib } : {}),
         ...(o.timeout ? { timeout: o.timeout } : {}),
+        // Host paths are the daemon's: made absolute here, where the user typed them.
+        ...(o.volume ? { volumes: o.volume.map((v) => absoluteVolume(v)) } : {}),
       });
       if (o.json) return printJson(res);
       for (const r of res)

@@ -5,6 +5,7 @@ import { listSnapshots } from '../../snapshot/store.js';
 import { deleteSnapshot, ownBytes } from '../../snapshot/lineage.js';
 import { uniqueDiskUsage } from '../../util/fs.js';
 import { validateTag } from '../../snapshot/tag.js';
+import { parseVolume } from '../../snapshot/volumes.js';
 import { stderrReporter } from '../../util/report.js';
 import { ago, bytes, ms, table } from '../../util/format.js';
 import { ForkdError, errorMessage } from '../../util/errors.js';
@@ -15,6 +16,7 @@ interface SnapshotOpts {
   recipe: string;
   image?: string;
   sizeMib?: number;
+  volume?: string[];
   extra: string[];
   kernel?: string;
   initrd?: string;
@@ -100,6 +102,11 @@ export function registerSnapshot(program: Command): void {
       "raw ext4 root filesystem instead of the recipe's (env FORKD_ROOTFS; must contain the forkd agent setup)",
       process.env.FORKD_ROOTFS,
     )
+    .option(
+      '--volume <HOST:GUEST[:ro|:shared]>',
+      'an ext4 image file every sandbox mounts at GUEST (repeatable, up to 24): ro shared by all, default copy-on-write per sandbox, :shared one writer',
+      (v: string, a: string[] = []) => [...a, v],
+    )
     .option('--mem-size-mib <n>', 'guest RAM in MiB', intArg('--mem-size-mib'), 512)
     .option('--vcpus <n>', 'guest vCPUs', intArg('--vcpus'), 1)
     .option(
@@ -136,6 +143,7 @@ export function registerSnapshot(program: Command): void {
             recipe: o.recipe,
             ...(o.image ? { image: o.image } : {}),
             ...(o.sizeMib ? { sizeMib: o.sizeMib } : {}),
+            ...(o.volume ? { volumes: o.volume.map(parseVolume) } : {}),
             extras: o.extra,
             ...(o.kernel ? { kernel: o.kernel } : {}),
             ...(o.initrd ? { initrd: o.initrd } : {}),

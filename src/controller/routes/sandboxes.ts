@@ -1,3 +1,4 @@
+import { parseVolume, validateVolumes } from '../../snapshot/volumes.js';
 import { PassThrough } from 'node:stream';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
@@ -27,6 +28,8 @@ const SpawnBody = z
     /** egress policy; default: the snapshot's (a fork keeps its source's), else open */
     network: EgressPolicySchema.optional(),
     memory_limit_mib: MemoryLimitMib,
+    /** other files for the snapshot's volumes: "HOST:GUEST[:ro|:shared]" (snapshot/volumes.ts) */
+    volumes: z.array(z.string().max(4200)).max(24).optional(),
     /** seconds until the sandbox is killed (E2B: timeoutMs) */
     timeout: Timeout.nullable().optional(),
     envs: StrMap.default({}),
@@ -96,6 +99,7 @@ export const sandboxRoutes =
         timeout_secs: b.timeout ?? null,
         envs: b.envs,
         metadata: b.metadata,
+        ...(b.volumes ? { volumes: validateVolumes(b.volumes.map(parseVolume)) } : {}),
       });
       const ok = items.filter((i) => i.ok).length;
       if (ok === 0)

@@ -20,6 +20,7 @@ import { procRoute } from './procs-routes.js';
 import { lookupUser } from './users.js';
 import { watchRoute } from './watch-route.js';
 import { tcpRoute } from './tcp.js';
+import { mountVolume, unmountVolume, validateMount } from './volumes.js';
 import { PythonWorker } from './python.js';
 import { evalJs, resetRandomPools } from './jseval.js';
 import { applyIdentity, currentSandboxId, validateIdentity } from './identity.js';
@@ -146,6 +147,29 @@ async function handle(stream: Stream, headers: http2.IncomingHttpHeaders): Promi
         return sendJson(stream, 200, res);
       } catch (e) {
         return sendJson(stream, 500, { error: `identity: ${(e as Error).message}` });
+      }
+    }
+    case 'POST /v1/volumes/mount': {
+      const err = validateMount(body);
+      if (err) return sendJson(stream, 400, { error: err });
+      try {
+        return sendJson(
+          stream,
+          200,
+          await mountVolume(String(body.serial), String(body.path), Boolean(body.readonly)),
+        );
+      } catch (e) {
+        return sendJson(stream, 500, { error: (e as Error).message });
+      }
+    }
+    case 'POST /v1/volumes/unmount': {
+      if (typeof body.path !== 'string' || !body.path.startsWith('/'))
+        return sendJson(stream, 400, { error: '"path" must be an absolute path' });
+      try {
+        await unmountVolume(body.path);
+        return sendJson(stream, 200, { unmounted: body.path });
+      } catch (e) {
+        return sendJson(stream, 500, { error: (e as Error).message });
       }
     }
     case 'POST /v1/settle': {
