@@ -151,7 +151,15 @@ describe('guests from OCI images on real VMs', { timeout: 30 * 60_000 }, () => {
     const img = imageOf([{ tar: raw, compression: 'none' }], { Env: ['FROM_IMAGE=debian'] });
     await pushImage(reg.host, 'test/debian', 'bookworm', img);
     const made = json<{ snapshot: { guest: { python: string | null; numpy: string | null } } }>(
-      await cli(['from-image', `${reg.host}/test/debian:bookworm`, '--tag', 'deb', '--extra', 'jq', '--json']),
+      await cli([
+        'from-image',
+        `${reg.host}/test/debian:bookworm`,
+        '--tag',
+        'deb',
+        '--extra',
+        'jq',
+        '--json',
+      ]),
     );
     assert.ok(made.snapshot.guest.python, 'python3 found in the image');
     const f = json<ForkJson & { children: Array<{ eval?: { ok: boolean; result: string } }> }>(
