@@ -6,7 +6,7 @@ import tseslint from 'typescript-eslint';
  * never one above (src/README.md). An import that climbs fails `npm run lint`.
  */
 const LAYERS = [
-  ['cli', 'sdk'],
+  ['cli', 'sdk', 'mcp'],
   ['controller'],
   ['fork', 'hub'],
   ['engine'],

@@ -10,6 +10,7 @@ import { registerPortForward } from './commands/port-forward.js';
 import { registerLineage } from './commands/lineage.js';
 import { registerHub } from './commands/hub.js';
 import { registerImage } from './commands/image.js';
+import { mcpCommand } from '../mcp/cli.js';
 import { registerSandboxVerbs } from './commands/sandbox.js';
 import { fail } from './output.js';
 
@@ -31,6 +32,7 @@ registerHub(program);
 registerDaemon(program);
 registerSandboxVerbs(program);
 registerImage(program);
+mcpCommand(program.command('mcp'));
 registerPortForward(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {

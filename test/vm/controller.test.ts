@@ -7,10 +7,11 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
+import { ROOT, cli, isolatedDirs, qemuProcessesUnder } from '../helpers/env.js';
 import { evalOk, execOk, freePort, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { FORKD_MCP, call, callError, httpClient, stdioClient } from '../helpers/mcp.js';
 import { createSnapshot } from '../../src/snapshot/create.js';
 import { stderrReporter } from '../../src/util/report.js';
 import { Controller, Sandbox, ConflictError, NotFoundError, CommandExitError } from '../../src/sdk/index.js';
@@ -354,6 +355,197 @@ describe('controller daemon on real VMs', { timeout: 30 * 60_000 }, () => {
       await sb.kill();
     }
     await c.deleteSnapshot('sdk-branch');
+  });
+
+  it('the Python SDK (sdk/python, its unittest file test/python/test_sdk.py) against this daemon', async () => {
+    const r = spawnSync('python3', ['-m', 'unittest', '-v', 'test_sdk'], {
+      cwd: path.join(ROOT, 'test', 'python'),
+      env: {
+        ...process.env,
+        PYTHONPATH: path.join(ROOT, 'sdk', 'python'),
+        FORKD_URL: daemon.url,
+        FORKD_TEST_TAG: TAG,
+      },
+      encoding: 'utf8',
+      timeout: 10 * 60_000,
+    });
+    assert.equal(r.status, 0, `python3 -m unittest failed:\n${r.stderr}${r.stdout}`);
+    assert.match(r.stderr, /Ran 3 tests/);
+  });
+
+  it('MCP over stdio: every tool against this daemon, bad arguments as tool errors, resources', async () => {
+    const m = await stdioClient({ FORKD_URL: daemon.url });
+    try {
+      const names = (await m.listTools()).tools.map((t) => t.name).sort();
+      assert.deepEqual(names, [
+        'branch',
+        'eval',
+        'exec',
+        'fork',
+        'get_sandbox',
+        'kill_sandbox',
+        'list_dir',
+        'list_sandboxes',
+        'list_snapshots',
+        'read_file',
+        'snapshot_info',
+        'spawn',
+        'wait_for_text',
+        'write_file',
+      ]);
+      const snaps = (await call(m, 'list_snapshots')).snapshots as Array<{ tag: string }>;
+      assert.ok(snaps.some((s) => s.tag === TAG));
+      assert.equal(((await call(m, 'snapshot_info', { tag: TAG })).snapshot as { tag: string }).tag, TAG);
+      const [sb] = (await call(m, 'spawn', { tag: TAG, n: 1, timeout_secs: 600 })).sandboxes as Array<{
+        ok: boolean;
+        id: string;
+      }>;
+      assert.ok(sb?.ok);
+      const id = sb.id;
+      assert.ok(
+        ((await call(m, 'list_sandboxes')).sandboxes as Array<{ id: string }>).some((s) => s.id === id),
+      );
+      assert.equal(((await call(m, 'get_sandbox', { sandbox_id: id })).sandbox as { id: string }).id, id);
+      const ex = await call(m, 'exec', { sandbox_id: id, command: 'echo hi; echo oops >&2; exit 3' });
+      assert.deepEqual([ex.exit_code, ex.stdout, ex.stderr, ex.truncated], [3, 'hi\n', 'oops\n', false]);
+      const big = await call(m, 'exec', { sandbox_id: id, command: 'head -c 200000 /dev/zero | tr "\\0" a' });
+      assert.equal(big.truncated, true, 'a cut output is marked');
+      assert.equal((await call(m, 'eval', { sandbox_id: id, code: 'v = 20 + 22\nv' })).value, '42');
+      const bad = await call(m, 'eval', { sandbox_id: id, code: '1/0' });
+      assert.equal(bad.ok, false);
+      assert.match(String(bad.error), /ZeroDivisionError/);
+      assert.match(String(bad.traceback), /Traceback/);
+      assert.equal(
+        (await call(m, 'eval', { sandbox_id: id, code: '[1, 2, 3].length', language: 'js' })).value,
+        '3',
+      );
+      // Files, with a path a shell would split or unquote.
+      const odd = '/root/a b "c" $(x)';
+      await call(m, 'write_file', { sandbox_id: id, path: `${odd}/f.txt`, content: 'mcp-data' });
+      assert.equal(
+        (await call(m, 'read_file', { sandbox_id: id, path: `${odd}/f.txt` })).content,
+        'mcp-data',
+      );
+      const entries = (await call(m, 'list_dir', { sandbox_id: id, path: odd })).entries as Array<{
+        name: string;
+      }>;
+      assert.deepEqual(
+        entries.map((e) => e.name),
+        ['f.txt'],
+      );
+      // wait_for_text: a file that gets its marker later; a command whose output reaches one.
+      await call(m, 'exec', {
+        sandbox_id: id,
+        command: `(sleep 1; echo READY >> '${odd}/log') >/dev/null 2>&1 &`,
+      });
+      assert.equal(
+        (
+          await call(m, 'wait_for_text', {
+            sandbox_id: id,
+            path: `${odd}/log`,
+            text: 'READY',
+            timeout_secs: 20,
+          })
+        ).found,
+        true,
+      );
+      const w = await call(m, 'wait_for_text', {
+        sandbox_id: id,
+        command: 'for i in 1 2 3; do echo tick $i; sleep 0.2; done; echo DONE; sleep 30',
+        text: 'DONE',
+        timeout_secs: 20,
+      });
+      assert.equal(w.found, true);
+      assert.match(String(w.output_tail), /tick 3\nDONE/);
+      assert.equal(
+        (await call(m, 'wait_for_text', { sandbox_id: id, path: '/root/none', text: 'x', timeout_secs: 1 }))
+          .found,
+        false,
+      );
+      // branch and fork: children start from the sandbox's state.
+      const br = (await call(m, 'branch', { sandbox_id: id, tag: 'mcp-branch', mode: 'live' })).snapshot as {
+        tag: string;
+        status: string;
+      };
+      assert.deepEqual([br.tag, br.status], ['mcp-branch', 'ready']);
+      const f = await call(m, 'fork', { sandbox_id: id, n: 2 });
+      const kids = f.children as Array<{ ok: boolean; id: string }>;
+      assert.equal(kids.filter((k) => k.ok).length, 2);
+      for (const k of kids) {
+        assert.equal((await call(m, 'eval', { sandbox_id: k.id, code: 'v' })).value, '42');
+        assert.equal((await call(m, 'kill_sandbox', { sandbox_id: k.id })).killed, true);
+      }
+      // Resources: read-only listings.
+      const res = await m.listResources();
+      assert.deepEqual(res.resources.map((r) => r.uri).sort(), ['forkd://sandboxes', 'forkd://snapshots']);
+      const listed = await m.readResource({ uri: 'forkd://sandboxes' });
+      assert.match(String((listed.contents[0] as { text: string }).text), new RegExp(id));
+      // Bad arguments and failures are tool errors that name the fix; the server lives on.
+      assert.match(
+        await callError(m, 'exec', { sandbox_id: 'not/an/id', command: 'true' }),
+        /sandbox_id|Invalid/i,
+      );
+      assert.match(await callError(m, 'fork', { n: 2 }), /exactly one of sandbox_id or tag/);
+      assert.match(
+        await callError(m, 'get_sandbox', { sandbox_id: 'sb-0000000000000000' }),
+        /404|not found|no sandbox/i,
+      );
+      assert.match(await callError(m, 'spawn', { tag: 'no-such-tag' }), /no-such-tag/);
+      assert.equal((await call(m, 'kill_sandbox', { sandbox_id: id })).killed, true);
+      assert.equal((await call(m, 'kill_sandbox', { sandbox_id: id })).killed, false, 'idempotent');
+      await c.deleteSnapshot(f.from_tag as string);
+      await c.deleteSnapshot('mcp-branch');
+    } finally {
+      await m.close();
+    }
+    const down = await stdioClient({ FORKD_URL: 'http://127.0.0.1:1' });
+    try {
+      assert.match(await callError(down, 'list_sandboxes', {}), /cannot reach the forkd/);
+    } finally {
+      await down.close();
+    }
+  });
+
+  it('MCP over Streamable HTTP: loopback, a token when asked for, never open off loopback', async () => {
+    const refused = await cli(['mcp', '--http', '0.0.0.0:1'], {
+      env: { FORKD_URL: daemon.url, FORKD_MCP_TOKEN: '' },
+    });
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /refusing to serve MCP on 0.0.0.0 without a token/);
+    const mcpPort = await freePort();
+    const proc = spawn(process.execPath, [FORKD_MCP, '--http', `127.0.0.1:${mcpPort}`, '--token', 'sekret'], {
+      env: { ...process.env, FORKD_URL: daemon.url },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        proc.stderr!.on('data', (d: Buffer) => String(d).includes('MCP server on') && resolve());
+        proc.on('exit', (code) => reject(new Error(`forkd-mcp exited ${code}`)));
+      });
+      const url = `http://127.0.0.1:${mcpPort}/mcp`;
+      const noToken = await fetch(url, {
+        method: 'POST',
+        body: '{}',
+        headers: { 'content-type': 'application/json' },
+      });
+      assert.equal(noToken.status, 401);
+      const m = await httpClient(url, 'sekret');
+      try {
+        assert.equal((await m.listTools()).tools.length, 14);
+        const snaps = (await call(m, 'list_snapshots')).snapshots as Array<{ tag: string }>;
+        assert.ok(snaps.some((s) => s.tag === TAG));
+        const [sb] = (await call(m, 'spawn', { tag: TAG })).sandboxes as Array<{ id: string }>;
+        assert.equal(
+          (await call(m, 'exec', { sandbox_id: sb!.id, command: 'echo over-http' })).stdout,
+          'over-http\n',
+        );
+        assert.equal((await call(m, 'kill_sandbox', { sandbox_id: sb!.id })).killed, true);
+      } finally {
+        await m.close();
+      }
+    } finally {
+      proc.kill();
+    }
   });
 
   it('CLI: spawn, ls, exec, eval, ping and kill through the daemon', async () => {
