@@ -27,7 +27,7 @@ import { machineCpu } from '../host/kvm-cpu.js';
 import { SNAPSHOT_FORMAT, SNAPSHOT_VERSION, type SnapshotMeta, type SnapshotFile } from './metadata.js';
 import { validateTag } from './tag.js';
 import { validateVolumes, volumeSerial, type VolumeMeta, type VolumeSpec } from './volumes.js';
-import type { VolumeDrive } from '../vmm/qemu-argv.js';
+import { shellQuote, type VolumeDrive } from '../vmm/qemu-argv.js';
 import { snapshotDir, snapshotExists } from './store.js';
 import { createTap, deleteLink } from '../network/tap.js';
 import { jailEnabled } from '../vmm/jail.js';
@@ -63,6 +63,11 @@ export interface CreateSnapshotOptions {
   keepWorkdir?: boolean;
   /** Give the guest a virtio-net NIC (10.42.0.2/24); children then each get their own tap. */
   net?: boolean;
+  /**
+   * An image guest: start the image's Entrypoint + Cmd in the parent before the snapshot (E2B's start
+   * command), so its service is already running in every sandbox.
+   */
+  start?: boolean;
   /** Volumes every sandbox mounts (snapshot/volumes.ts); mounted in the parent for its warm-up only. */
   volumes?: VolumeSpec[];
 }
@@ -246,6 +251,26 @@ export async function createSnapshot(
     );
     for (const [i, v] of volumes.entries())
       await agent.mountVolume(volumeSerial(i), v.guest_path, v.mode === 'ro');
+    if (opts.start) {
+      const argv = [...(image?.oci?.run.entrypoint ?? []), ...(image?.oci?.run.cmd ?? [])];
+      if (!image?.oci || !argv.length)
+        throw new ForkdError(
+          'bad_input',
+          `--start: ${image?.oci ? `${image.oci.source} has no Entrypoint or Cmd` : 'only an --image guest has a start command'}`,
+          'drop --start, or use --warmup "COMMAND &" to start a service',
+        );
+      // As the image's User, with its Env and WorkingDir (the agent applies them), detached from the
+      // exec; its log in /tmp, the one place every user may write.
+      const line = `${argv.map(shellQuote).join(' ')} >/tmp/forkd-start.log 2>&1 </dev/null &`;
+      rep.info(`start command: ${argv.join(' ')} (output in /tmp/forkd-start.log)`);
+      const r = await agent.exec({ cmd: line, timeout_ms: 30_000 });
+      if (r.exit_code !== 0)
+        throw new ForkdError(
+          'bad_input',
+          `the start command did not start: ${r.stderr.trim()}`,
+          "check the image's Entrypoint and Cmd",
+        );
+    }
     if (warmup) {
       rep.info(`warm-up: ${warmup.split('\n').join('; ')}`);
       const r = await agent.exec({ cmd: warmup, timeout_ms: (opts.warmupTimeoutSecs ?? 600) * 1000 });
@@ -335,6 +360,7 @@ export async function createSnapshot(
               manifest_digest: image.oci.manifest_digest,
               config_digest: image.oci.config_digest,
               ...image.oci.run,
+              started: Boolean(opts.start),
             }
           : null,
       },

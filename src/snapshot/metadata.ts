@@ -71,6 +71,8 @@ export const SnapshotMeta = z.object({
         user: z.string().nullable(),
         entrypoint: z.array(z.string()).nullable(),
         cmd: z.array(z.string()).nullable(),
+        /** Entrypoint + Cmd was started in the parent (`--start`): it runs in every sandbox. */
+        started: z.boolean().optional(),
       })
       .nullish(),
   }),

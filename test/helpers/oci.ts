@@ -224,7 +224,9 @@ const freePort = () =>
   });
 
 /** Debian's docker-registry (the CNCF distribution registry), on loopback, installed when missing. */
-export async function startRegistry(): Promise<{ host: string; stop: () => Promise<void> }> {
+export async function startRegistry(
+  opts: { tokenAuth?: { realm: string; service: string; issuer: string; certFile: string } } = {},
+): Promise<{ host: string; stop: () => Promise<void> }> {
   const bin = '/usr/bin/docker-registry';
   if (!fs.existsSync(bin)) {
     const r = spawnSync('apt-get', ['install', '-y', '-q', 'docker-registry'], {
@@ -238,7 +240,10 @@ export async function startRegistry(): Promise<{ host: string; stop: () => Promi
   const cfg = path.join(root, 'config.yml');
   fs.writeFileSync(
     cfg,
-    `version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: ${root}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n`,
+    `version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: ${root}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n` +
+      (opts.tokenAuth
+        ? `auth:\n  token:\n    realm: ${opts.tokenAuth.realm}\n    service: ${opts.tokenAuth.service}\n    issuer: ${opts.tokenAuth.issuer}\n    rootcertbundle: ${opts.tokenAuth.certFile}\n`
+        : ''),
   );
   const proc: ChildProcess = spawn(bin, ['serve', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
@@ -246,7 +251,7 @@ export async function startRegistry(): Promise<{ host: string; stop: () => Promi
   const host = `127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
     const ok = await fetch(`http://${host}/v2/`).then(
-      (r) => r.ok,
+      (r) => r.ok || r.status === 401,
       () => false,
     );
     if (ok) break;
@@ -270,16 +275,19 @@ export async function pushImage(
   tag: string,
   img: TestImage,
   index?: Blob,
+  /** A bearer token, for a registry with token auth. */
+  token?: string,
 ): Promise<void> {
+  const auth: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   for (const b of [img.config, ...img.layers]) {
-    const start = await fetch(`http://${host}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+    const start = await fetch(`http://${host}/v2/${repo}/blobs/uploads/`, { method: 'POST', headers: auth });
     if (start.status !== 202) throw new Error(`upload start: ${start.status}`);
     const loc = new URL(start.headers.get('location')!, `http://${host}`);
     loc.searchParams.set('digest', b.digest);
     const put = await fetch(loc, {
       method: 'PUT',
       body: b.data,
-      headers: { 'content-type': 'application/octet-stream' },
+      headers: { 'content-type': 'application/octet-stream', ...auth },
     });
     if (put.status !== 201) throw new Error(`upload ${b.digest}: ${put.status} ${await put.text()}`);
   }
@@ -287,7 +295,7 @@ export async function pushImage(
     const r = await fetch(`http://${host}/v2/${repo}/manifests/${ref}`, {
       method: 'PUT',
       body: m.data,
-      headers: { 'content-type': m.mediaType },
+      headers: { 'content-type': m.mediaType, ...auth },
     });
     if (r.status !== 201) throw new Error(`manifest ${ref}: ${r.status} ${await r.text()}`);
   };
@@ -314,6 +322,7 @@ export function busyboxLayer(extra: LayerEntry[] = []): Promise<Buffer> {
     'sleep',
     'grep',
     'wc',
+    'ps',
   ];
   return tarOf([
     { name: 'bin/', type: 'directory' },
@@ -350,4 +359,83 @@ export function layerFromExt4(rootfs: string, work: string): Buffer {
     fs.rmSync(tree, { recursive: true, force: true });
     fs.rmSync(layerFile, { force: true });
   }
+}
+
+/**
+ * A registry token service (the Docker token flow) on loopback: JWTs signed with a self-made RS256
+ * key, its certificate in the token's x5c header and in the registry's rootcertbundle. It grants
+ * every scope it is asked for, except on repositories named in `deny`.
+ */
+export async function startTokenService(work: string, deny: string[] = []) {
+  const key = path.join(work, 'token.key');
+  const certFile = path.join(work, 'token.crt');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      certFile,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=forkd-test-tokens',
+    ],
+    { stdio: 'ignore' },
+  );
+  const der = execFileSync('openssl', ['x509', '-in', certFile, '-outform', 'DER']);
+  const pem = fs.readFileSync(key, 'utf8');
+  const b64u = (b: Buffer | string) => Buffer.from(b).toString('base64url');
+  const service = 'forkd-test-registry';
+  const issuer = 'forkd-test-issuer';
+  const seen: string[] = [];
+  const { createServer } = await import('node:http');
+  const { sign, randomUUID } = await import('node:crypto');
+  const srv = createServer((req, res) => {
+    const u = new URL(req.url ?? '/', 'http://x');
+    const scope = u.searchParams.get('scope') ?? '';
+    seen.push(`${u.searchParams.get('service')} ${scope}`);
+    const [, name, actions] = scope.split(':');
+    if (!name || deny.includes(name)) return void res.writeHead(403).end('denied');
+    const now = Math.floor(Date.now() / 1000);
+    const head = b64u(JSON.stringify({ alg: 'RS256', typ: 'JWT', x5c: [der.toString('base64')] }));
+    const claims = b64u(
+      JSON.stringify({
+        iss: issuer,
+        sub: 'anonymous',
+        aud: service,
+        exp: now + 300,
+        nbf: now - 10,
+        iat: now,
+        jti: randomUUID(),
+        access: [{ type: 'repository', name, actions: (actions ?? 'pull').split(',') }],
+      }),
+    );
+    const sig = b64u(sign('sha256', Buffer.from(`${head}.${claims}`), pem));
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ token: `${head}.${claims}.${sig}` }));
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const realm = `http://127.0.0.1:${(srv.address() as net.AddressInfo).port}/token`;
+  return {
+    realm,
+    service,
+    issuer,
+    certFile,
+    seen,
+    /** A token for pushing test images (what `docker push` would fetch). */
+    tokenFor: async (repo: string) =>
+      (
+        (await (await fetch(`${realm}?service=${service}&scope=repository:${repo}:pull,push`)).json()) as {
+          token: string;
+        }
+      ).token,
+    close: () => new Promise<void>((r) => srv.close(() => r())),
+  };
 }

@@ -16,6 +16,7 @@ import {
   ociArchive,
   pushImage,
   startRegistry,
+  startTokenService,
   tarOf,
   writeOciLayout,
   type LayerEntry,
@@ -239,6 +240,39 @@ describe('hostile layers are refused by name, and nothing lands outside the root
     await assert.rejects(
       hostile([{ name: 'usr/sda', type: 'block-device', devmajor: 8, devminor: 0 }]),
       /'usr\/sda' is a device node outside \/dev/,
+    );
+  });
+});
+
+describe('registry pulls behind the token flow (a real registry with token auth)', () => {
+  let tokens: Awaited<ReturnType<typeof startTokenService>>;
+  let reg: Awaited<ReturnType<typeof startRegistry>>;
+  before(async () => {
+    tokens = await startTokenService(dir('tokens'), ['forkd/denied']);
+    reg = await startRegistry({ tokenAuth: tokens });
+  });
+  after(async () => {
+    await reg?.stop();
+    await tokens?.close();
+  });
+
+  it('answers the 401 challenge with a bearer token for the pull scope, then pulls', async () => {
+    const { img } = await twoLayerImage('token-flow');
+    await pushImage(reg.host, 'forkd/private', 'v1', img, undefined, await tokens.tokenFor('forkd/private'));
+    const anon = await fetch(`http://${reg.host}/v2/forkd/private/manifests/v1`);
+    assert.equal(anon.status, 401, 'the registry wants a token');
+    const r = await resolveImage(`${reg.host}/forkd/private:v1`, silentReporter);
+    assert.equal(r.manifest_digest, img.manifest.digest);
+    checkTree(await unpack(r));
+    assert.ok(
+      tokens.seen.includes(`${tokens.service} repository:forkd/private:pull`),
+      tokens.seen.join('; '),
+    );
+  });
+  it('names a token service that refuses', async () => {
+    await assert.rejects(
+      resolveImage(`${reg.host}/forkd/denied:v1`, silentReporter),
+      /token service .* answered HTTP 403 for forkd\/denied/,
     );
   });
 });

@@ -114,6 +114,36 @@ describe('guests from OCI images on real VMs', { timeout: 30 * 60_000 }, () => {
     );
   });
 
+  it("--start: the image's Entrypoint + Cmd starts in the parent and runs in every sandbox", async () => {
+    const layer = await busyboxLayer();
+    const img = imageOf([{ tar: layer }], {
+      Entrypoint: ['sh', '-c'],
+      Cmd: ['echo "up as $(id -u)" > /tmp/up; exec sleep 100000'],
+      User: '65534',
+    });
+    const tarball = path.join(work, 'svc.tar');
+    fs.writeFileSync(tarball, await dockerArchive(img, [layer]));
+    const made = json<{ snapshot: { guest: { oci: { started: boolean } } } }>(
+      await cli(['from-image', `docker-archive:${tarball}`, '--tag', 'svc', '--start', '--json']),
+    );
+    assert.equal(made.snapshot.guest.oci.started, true);
+    const f = json<ForkJson>(
+      await cli([
+        'fork',
+        '--tag',
+        'svc',
+        '-n',
+        '2',
+        '--exec',
+        'cat /tmp/up; ps -o user,args | grep -c "[s]leep 100000"',
+        '--json',
+      ]),
+    );
+    assert.equal(f.ok, 2, JSON.stringify(f.children.map((c) => c.error)));
+    for (const c of f.children) assert.equal(c.exec!.stdout, 'up as 65534\n1\n');
+    assert.equal(json<unknown>(await cli(['rmi', 'svc', '--json'])) !== undefined, true);
+  });
+
   it('`run --image` from a docker save tarball and an OCI layout leaves nothing behind', async () => {
     const layer = await busyboxLayer([{ name: 'etc/motd', data: 'from a tarball\n' }]);
     const img = imageOf([{ tar: layer, compression: 'none' }], {

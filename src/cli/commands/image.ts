@@ -20,6 +20,7 @@ interface FromImageOpts {
   vcpus: number;
   net?: boolean;
   warmup?: string;
+  start?: boolean;
   bootTimeoutSecs?: number;
   json?: boolean;
 }
@@ -48,6 +49,10 @@ export function registerImage(program: Command): void {
     .option('--net', 'give the guest a NIC (sandboxes can then get their own network namespace)')
     .option('--warmup <cmd>', 'shell command run in the parent before the snapshot')
     .option(
+      '--start',
+      "start the image's Entrypoint + Cmd in the parent (E2B's start command): it runs in every sandbox",
+    )
+    .option(
       '--boot-timeout-secs <s>',
       'give up if the guest is not warm by then',
       intArg('--boot-timeout-secs'),
@@ -65,6 +70,7 @@ export function registerImage(program: Command): void {
             vcpus: o.vcpus,
             net: Boolean(o.net),
             ...(o.warmup ? { warmup: o.warmup } : {}),
+            ...(o.start ? { start: true } : {}),
             ...(o.bootTimeoutSecs ? { bootTimeoutSecs: o.bootTimeoutSecs } : {}),
           },
           stderrReporter(),
