@@ -3,6 +3,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { ForkdError } from '../util/errors.js';
+import { GUEST_RUNTIME_DIR } from '../protocol/agent-api.js';
 
 /**
  * The agent's own runtime, put into image root filesystems at RUNTIME_DIR: this host's Node binary, the
@@ -11,7 +12,7 @@ import { ForkdError } from '../util/errors.js';
  * busybox-only image, and never uses or changes the image's own libraries: the library path applies to
  * the agent alone, not to the commands it runs.
  */
-export const RUNTIME_DIR = 'opt/forkd-runtime';
+export const RUNTIME_DIR = GUEST_RUNTIME_DIR.slice(1);
 
 export interface RuntimeFile {
   /** Path under RUNTIME_DIR. */
@@ -44,12 +45,16 @@ export function runtimeFiles(nodeBin = process.execPath): RuntimeFile[] {
   return files;
 }
 
-/** Content key of the runtime: a different host Node rebuilds image root filesystems. */
+/**
+ * Key of the runtime: a different host Node (or library) rebuilds image root filesystems. Each file
+ * counts by identity (inode, size, mtime), not content: this runs on every `from-image` and `run`, and
+ * hashing ~100 MiB of Node each time would be most of a cached build; an upgrade replaces the files.
+ */
 export function runtimeKey(files = runtimeFiles()): string {
   const h = createHash('sha256');
   for (const f of files) {
-    h.update(`${f.dest}\0`);
-    h.update(fs.readFileSync(f.src));
+    const st = fs.statSync(f.src);
+    h.update(`${f.dest}\0${f.src}\0${st.ino}\0${st.size}\0${st.mtimeMs}\0`);
   }
   return h.digest('hex');
 }

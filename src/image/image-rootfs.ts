@@ -8,13 +8,14 @@ import { sha256File } from '../util/hash.js';
 import type { Reporter } from '../util/report.js';
 import { applyLayer } from './oci/apply-layer.js';
 import { runConfigOf, type ImageRunConfig, type ResolvedImage } from './oci/manifest.js';
-import { RUNTIME_DIR, installRuntime, runtimeFiles, runtimeKey } from './agent-runtime.js';
+import { installRuntime, runtimeFiles, runtimeKey } from './agent-runtime.js';
 import { loadRootfs, makeExt4, type RootfsImage } from './rootfs.js';
+import { GUEST_IMAGE_CONFIG } from '../protocol/agent-api.js';
 import { installPackages } from './chroot-install.js';
 
 const IMAGE_ROOTFS_FORMAT = 'image-rootfs-v1';
 /** What the agent reads at start for the image's defaults (Env, WorkingDir, User). */
-export const IMAGE_CONFIG_FILE = `${RUNTIME_DIR}/image.json`;
+const IMAGE_CONFIG_FILE = GUEST_IMAGE_CONFIG.slice(1);
 
 export interface ImageRootfs extends RootfsImage {
   oci: {

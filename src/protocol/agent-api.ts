@@ -23,6 +23,13 @@
  *   POST /v1/procs/resize { pid | tag, cols, rows } -> {}  (a process started with a pty)
  *   POST /v1/procs/signal { pid | tag, signal: "SIGKILL" | "SIGTERM" | ... } -> {}
  */
+/**
+ * Where forkd puts the agent's own runtime in an image guest's root (image/agent-runtime.ts), and the
+ * image's run defaults (Env, WorkingDir, User) beside it, which the agent reads at start.
+ */
+export const GUEST_RUNTIME_DIR = '/opt/forkd-runtime';
+export const GUEST_IMAGE_CONFIG = `${GUEST_RUNTIME_DIR}/image.json`;
+
 export const AGENT_API_VERSION = 1;
 
 export interface PingResponse {

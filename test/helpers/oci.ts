@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import net from 'node:net';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID, sign } from 'node:crypto';
+import { createServer } from 'node:http';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import tar from 'tar-stream';
 
@@ -394,8 +395,6 @@ export async function startTokenService(work: string, deny: string[] = []) {
   const service = 'forkd-test-registry';
   const issuer = 'forkd-test-issuer';
   const seen: string[] = [];
-  const { createServer } = await import('node:http');
-  const { sign, randomUUID } = await import('node:crypto');
   const srv = createServer((req, res) => {
     const u = new URL(req.url ?? '/', 'http://x');
     const scope = u.searchParams.get('scope') ?? '';

@@ -3,6 +3,7 @@
  * agent runtime when it made the root filesystem (image/image-rootfs.ts). Absent in recipe guests.
  */
 import fs from 'node:fs';
+import { GUEST_IMAGE_CONFIG } from '../../protocol/agent-api.js';
 
 export interface ImageDefaults {
   env: Record<string, string>;
@@ -10,9 +11,7 @@ export interface ImageDefaults {
   user: string | null;
 }
 
-export const IMAGE_CONFIG_PATH = '/opt/forkd-runtime/image.json';
-
-export function loadImageDefaults(file = IMAGE_CONFIG_PATH): ImageDefaults {
+export function loadImageDefaults(file = GUEST_IMAGE_CONFIG): ImageDefaults {
   const none: ImageDefaults = { env: {}, working_dir: null, user: null };
   let raw: { env?: unknown; working_dir?: unknown; user?: unknown };
   try {

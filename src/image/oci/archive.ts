@@ -86,6 +86,7 @@ async function stageTarball(
       'pass a docker save / OCI archive tarball (uncompressed .tar)',
     );
   }
+  // A link may name another link: chains resolve over a few rounds (a loop never does).
   for (let round = 0; round < 8; round++)
     for (const [name, target] of links) {
       const t = entries.get(target);
